@@ -1,0 +1,88 @@
+"""The fill step: turn one BatchPlan into a PackedBatch by decoding its images. Pure.
+
+This is the heavy part of the pipeline (read bytes, decode at reduced scale, resize to
+the planned grid, patchify, keep the planned tokens, write them into their slots);
+`packer.pipeline` runs it on Ray workers, one plan per task.
+
+An image that fails to read or decode is rejected with its reason, and the images after
+it in its sequence move up: for a planned sequence [a(3 tokens), b(2), c(4)] at seq_len
+10 where b is corrupt, segment_ids become [1, 1, 1, 2, 2, 2, 2, 0, 0, 0] with c in slot
+2. The result is still a pure function of the plan and the bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from packer.imageio import RejectedImage, decode_resized
+from packer.patchify import patchify
+from packer.plan import BatchPlan
+from packer.sampling import kept_token_indices
+from packer.schema import PackedBatch
+from packer.sources import ByteReader
+
+
+@dataclass
+class FillResult:
+    batch: PackedBatch
+    rejected: list[tuple[str, str, str]] = field(default_factory=list)  # (id, reason, detail)
+
+    @property
+    def rejected_reasons(self) -> list[str]:
+        return [reason for _, reason, _ in self.rejected]
+
+
+def fill_batch(plan: BatchPlan, reader: ByteReader | None = None) -> FillResult:
+    """Decode and patchify every planned image into its sequence's next free slot."""
+    config = plan.config
+    p, seq_len = config.patch_size, config.seq_len
+    num_seq = plan.num_sequences
+    reader = reader or ByteReader()
+
+    patches = np.zeros((num_seq, seq_len, config.patch_dim), np.uint8)
+    segment_ids = np.zeros((num_seq, seq_len), np.int32)
+    patch_rows = np.zeros((num_seq, seq_len), np.int16)
+    patch_cols = np.zeros((num_seq, seq_len), np.int16)
+    next_token = np.zeros(num_seq, np.int64)
+    next_slot = np.ones(num_seq, np.int32)
+    kept: list[int] = []  # plan positions of images that made it, in row order
+    rejected: list[tuple[str, str, str]] = []
+
+    for i in range(plan.num_images):
+        s = int(plan.sequence[i])
+        gh, gw, n_keep = int(plan.grid_h[i]), int(plan.grid_w[i]), int(plan.num_kept[i])
+        try:
+            data = reader.read(
+                plan.uri[i], int(plan.offset[i]), int(plan.length[i]), int(plan.row[i])
+            )
+            image = decode_resized(data, gw * p, gh * p)
+        except RejectedImage as e:
+            rejected.append((plan.image_ids[i], e.reason, e.detail))
+            continue
+        tokens = kept_token_indices(config, plan.epoch, int(plan.key[i]), gh * gw, n_keep)
+        start, stop = int(next_token[s]), int(next_token[s]) + len(tokens)
+        patches[s, start:stop] = patchify(image, p)[tokens]
+        segment_ids[s, start:stop] = next_slot[s]
+        patch_rows[s, start:stop] = tokens // gw
+        patch_cols[s, start:stop] = tokens % gw
+        next_token[s] = stop
+        next_slot[s] += 1
+        kept.append(i)
+
+    idx = np.asarray(kept, dtype=np.int64)
+    batch = PackedBatch(
+        patches=patches,
+        segment_ids=segment_ids,
+        patch_rows=patch_rows,
+        patch_cols=patch_cols,
+        images_per_seq=(next_slot - 1).astype(np.int32),
+        image_grid_h=plan.grid_h[idx].astype(np.int16),
+        image_grid_w=plan.grid_w[idx].astype(np.int16),
+        labels=plan.label[idx].astype(np.int64),
+        image_ids=[plan.image_ids[i] for i in kept],
+        patch_size=p,
+        config_version=plan.config_version,
+    )
+    return FillResult(batch, rejected)

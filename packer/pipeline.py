@@ -1,0 +1,200 @@
+"""The Ray edge of the packer: run the fill step on Ray workers. The only module here
+that imports Ray.
+
+Two ways in, one fill function (`fill_to_ipc`):
+- `pack_to_dir`: whole epochs with Ray Data (`navit pack`). The planner has already
+  decided every batch, so the dataset is simply one item per BatchPlan, mapped by the
+  fill; each block holds one plan so both CPUs stay busy.
+- `stream_filled`: an ordered, bounded stream of filled batches for the service, with
+  Ray tasks. The plans come lazily from a planner (so a config change applies at the
+  next unplanned window), and at most `max_in_flight` batches are being filled or
+  waiting to be read: a slow reader stops new work instead of growing a buffer.
+
+Ray Data's default resource reservation held the map to one of two CPUs on these
+machines ("backpressured: tasks(ResourceBudget)" in its log), so it is turned off, and
+`batch_size=None` hands each task its whole one-plan block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from packer.fill import fill_batch
+from packer.plan import BatchPlan, ConfigHistory, EpochPlanner
+from packer.schema import PackedBatch, from_record_batch, to_record_batch
+from packer.stats import PackingStats
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at `address`, or start an embedded local Ray (once per process)."""
+    if ray.is_initialized():
+        return
+    kwargs: dict = {"include_dashboard": False, "log_to_driver": False}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # Workers import packer from this checkout; keep Ray's logs out of the terminal.
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        ray.init(num_cpus=num_cpus, **kwargs)
+
+
+@dataclass(frozen=True)
+class FilledBatch:
+    """A filled batch as Arrow IPC file bytes, with what the fill rejected."""
+
+    epoch: int
+    batch: int
+    config_version: int
+    ipc: bytes
+    rejected: list[tuple[str, str, str]]  # (image_id, reason, detail)
+
+    def record_batch(self) -> pa.RecordBatch:
+        return pa.ipc.open_file(pa.py_buffer(self.ipc)).get_batch(0)
+
+    def packed(self) -> PackedBatch:
+        return from_record_batch(self.record_batch())
+
+
+def _ipc_file_bytes(record_batch: pa.RecordBatch) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, record_batch.schema) as writer:
+        writer.write_batch(record_batch)
+    return sink.getvalue().to_pybytes()
+
+
+def fill_to_ipc(plan: BatchPlan) -> FilledBatch:
+    """Fill one plan and serialise it: the unit of work on a Ray worker."""
+    result = fill_batch(plan)
+    return FilledBatch(
+        epoch=plan.epoch,
+        batch=plan.batch,
+        config_version=plan.config_version,
+        ipc=_ipc_file_bytes(to_record_batch(result.batch)),
+        rejected=result.rejected,
+    )
+
+
+def _fill_block(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    filled = [fill_to_ipc(plan) for plan in block["plan"]]
+    return {
+        "epoch": np.array([f.epoch for f in filled], np.int64),
+        "batch": np.array([f.batch for f in filled], np.int64),
+        "ipc": np.array([f.ipc for f in filled], dtype=object),
+        "rejected": np.array([json.dumps(f.rejected) for f in filled], dtype=object),
+    }
+
+
+def fill_with_ray_data(plans: list[BatchPlan]) -> Iterator[FilledBatch]:
+    """Fill plans with a Ray Data map; yields them in plan order."""
+    import ray.data
+
+    if not plans:
+        return
+    context = ray.data.DataContext.get_current()
+    context.op_resource_reservation_enabled = False
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    dataset = ray.data.from_items([{"plan": p} for p in plans], override_num_blocks=len(plans))
+    dataset = dataset.map_batches(_fill_block, batch_size=None, batch_format="numpy")
+    by_batch = {p.batch: p for p in plans}
+    for row in dataset.iter_rows():
+        plan = by_batch[int(row["batch"])]
+        yield FilledBatch(
+            epoch=int(row["epoch"]),
+            batch=int(row["batch"]),
+            config_version=plan.config_version,
+            ipc=bytes(row["ipc"]),
+            rejected=[tuple(r) for r in json.loads(row["rejected"])],
+        )
+
+
+def stream_filled(plans: Iterable[BatchPlan], max_in_flight: int = 4) -> Iterator[FilledBatch]:
+    """Fill plans on Ray tasks, yielding in order with at most `max_in_flight` pending."""
+    remote_fill = ray.remote(num_cpus=1)(fill_to_ipc)
+    pending: deque = deque()
+    source = iter(plans)
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < max_in_flight:
+            plan = next(source, None)
+            if plan is None:
+                exhausted = True
+            else:
+                pending.append(remote_fill.remote(plan))
+        if not pending:
+            return
+        yield ray.get(pending.popleft())
+
+
+def batch_path(out_dir: Path, epoch: int, batch: int) -> Path:
+    """Where `navit pack` writes a batch: OUT/epoch-000/batch-000012.arrow."""
+    return out_dir / f"epoch-{epoch:03d}" / f"batch-{batch:06d}.arrow"
+
+
+def pack_to_dir(
+    index: pa.Table,
+    history: ConfigHistory,
+    out_dir: str | Path,
+    epochs: int = 1,
+    on_batch: Callable[[FilledBatch], None] | None = None,
+) -> PackingStats:
+    """Plan and fill `epochs` epochs into Arrow IPC files; returns the delivered stats.
+
+    Writes `rejected.jsonl` (one line per rejected image and epoch, with its reason) and
+    leaves `stats.json` to the caller.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    header_errors = [e for e in index.column("error").to_pylist() if e is not None]
+    header_ids = [
+        (i, e)
+        for i, e in zip(
+            index.column("image_id").to_pylist(), index.column("error").to_pylist(), strict=True
+        )
+        if e is not None
+    ]
+    stats = PackingStats()
+    started = time.perf_counter()
+    with open(out / "rejected.jsonl", "w") as rejected_log:
+        for epoch in range(epochs):
+            stats.add_rejected(header_errors)
+            for image_id, reason in header_ids:
+                rejected_log.write(
+                    json.dumps({"epoch": epoch, "image_id": image_id, "reason": reason}) + "\n"
+                )
+            planner = EpochPlanner(index, history, epoch)
+            plans = list(planner.iter_batches())
+            by_batch = {p.batch: p for p in plans}
+            for filled in fill_with_ray_data(plans):
+                path = batch_path(out, filled.epoch, filled.batch)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(filled.ipc)
+                stats.add_filled(
+                    by_batch[filled.batch], filled.packed(), [r for _, r, _ in filled.rejected]
+                )
+                for image_id, reason, detail in filled.rejected:
+                    rejected_log.write(
+                        json.dumps(
+                            {
+                                "epoch": epoch,
+                                "image_id": image_id,
+                                "reason": reason,
+                                "detail": detail,
+                            }
+                        )
+                        + "\n"
+                    )
+                if on_batch is not None:
+                    on_batch(filled)
+    stats.elapsed_s = time.perf_counter() - started
+    return stats

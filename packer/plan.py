@@ -1,0 +1,319 @@
+"""The planner: from the index alone, decide every packed batch of an epoch. Pure, no I/O.
+
+Per epoch: a seeded shuffle of the valid images, then window by window of `pack_window`
+images: per-image draws (resolution -> patch grid -> kept tokens, see packer.sampling),
+bin packing, a seeded shuffle of the window's finished sequences, and batches of
+`batch_size` sequences. Global batch j goes to rank j % world_size as its batch
+j // world_size, so a rank's stream is a pure function of (index, config history, epoch,
+rank, world_size) and any batch can be regenerated without replaying the past.
+
+The planner decides windows lazily, so a config change recorded in the history for the
+next unplanned window takes effect there (see ConfigHistory). Decoding pixels is the
+fill step's job (packer.fill); nothing here reads an image.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from packer.config import PackingConfig
+from packer.packing import Bin, BinLimits, pack, split_carry
+from packer.sampling import plan_images
+
+_STREAM_EPOCH_ORDER = 0x5EED
+_STREAM_WINDOW_ORDER = 0x0DE5
+
+
+@dataclass(frozen=True)
+class ConfigVersion:
+    """A config and the first (epoch, window) it plans."""
+
+    version: int
+    config: PackingConfig
+    epoch: int = 0
+    window: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "window": self.window,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ConfigVersion:
+        return cls(d["version"], PackingConfig.from_dict(d["config"]), d["epoch"], d["window"])
+
+
+@dataclass
+class ConfigHistory:
+    """Every config a job has used, each from the window where it took effect.
+
+    For entries v1 at (0, 0) and v2 at (0, 5): windows 0..4 of epoch 0 plan with v1,
+    window 5 of epoch 0 onwards (and all later epochs) with v2.
+    """
+
+    entries: list[ConfigVersion] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, config: PackingConfig) -> ConfigHistory:
+        return cls([ConfigVersion(1, config, 0, 0)])
+
+    @property
+    def latest(self) -> ConfigVersion:
+        return self.entries[-1]
+
+    def at(self, epoch: int, window: int) -> ConfigVersion:
+        found = self.entries[0]
+        for entry in self.entries:
+            if (entry.epoch, entry.window) <= (epoch, window):
+                found = entry
+        return found
+
+    def append(self, config: PackingConfig, epoch: int, window: int) -> ConfigVersion:
+        if (epoch, window) < (self.latest.epoch, self.latest.window):
+            raise ValueError(
+                f"a config change cannot start at ({epoch}, {window}), before the latest "
+                f"one at ({self.latest.epoch}, {self.latest.window})"
+            )
+        entry = ConfigVersion(self.latest.version + 1, config, epoch, window)
+        if (epoch, window) == (self.latest.epoch, self.latest.window):
+            # Nothing was planned with the latest one yet: replace it.
+            self.entries[-1] = entry
+        else:
+            self.entries.append(entry)
+        return entry
+
+    def to_json(self) -> str:
+        return json.dumps([e.to_dict() for e in self.entries])
+
+    @classmethod
+    def from_json(cls, text: str) -> ConfigHistory:
+        return cls([ConfigVersion.from_dict(d) for d in json.loads(text)])
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Everything the fill step needs to build one packed batch, without the index.
+
+    Per-image arrays are flat over the batch in row order: `sequence[i]` is the row
+    (0..num_sequences-1) image i lands in, and images of one sequence are in slot order.
+    """
+
+    epoch: int
+    batch: int  # global batch index within the epoch
+    config_version: int
+    config: PackingConfig
+    num_sequences: int  # rows in the Arrow batch; rows past the planned ones are padding
+    sequence: np.ndarray  # [N] int32
+    image_ids: list[str]
+    uri: list[str]
+    offset: np.ndarray  # [N] int64
+    length: np.ndarray  # [N] int64
+    row: np.ndarray  # [N] int64
+    label: np.ndarray  # [N] int64
+    key: np.ndarray  # [N] uint64
+    grid_h: np.ndarray  # [N] int64
+    grid_w: np.ndarray  # [N] int64
+    num_kept: np.ndarray  # [N] int64
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.num_kept.sum())
+
+    @classmethod
+    def empty(cls, epoch: int, batch: int, version: ConfigVersion) -> BatchPlan:
+        """An all-padding batch: gives every rank the same batch count in an epoch."""
+        zeros = np.zeros(0, np.int64)
+        return cls(
+            epoch=epoch,
+            batch=batch,
+            config_version=version.version,
+            config=version.config,
+            num_sequences=version.config.batch_size,
+            sequence=np.zeros(0, np.int32),
+            image_ids=[],
+            uri=[],
+            offset=zeros,
+            length=zeros,
+            row=zeros,
+            label=zeros,
+            key=np.zeros(0, np.uint64),
+            grid_h=zeros,
+            grid_w=zeros,
+            num_kept=zeros,
+        )
+
+
+@dataclass(frozen=True)
+class _Sequence:
+    rows: np.ndarray  # index rows in slot order
+    grid_h: np.ndarray
+    grid_w: np.ndarray
+    num_kept: np.ndarray
+
+
+class EpochPlanner:
+    """Plans one epoch's batches lazily, window by window. Deterministic given its inputs.
+
+    Not thread-safe: the service guards a shared planner with a lock.
+    """
+
+    def __init__(self, index: pa.Table, history: ConfigHistory, epoch: int) -> None:
+        self.index = index
+        self.history = history
+        self.epoch = epoch
+        errors = index.column("error").is_null().to_numpy(zero_copy_only=False)
+        valid_rows = np.flatnonzero(errors)
+        first = history.at(epoch, 0).config
+        rng = np.random.default_rng([first.seed, epoch, _STREAM_EPOCH_ORDER])
+        self._order = valid_rows[rng.permutation(len(valid_rows))]
+        self._widths = index.column("width").to_numpy()
+        self._heights = index.column("height").to_numpy()
+        self._keys = index.column("key").to_numpy()
+        self._cursor = 0  # images of self._order planned so far
+        self._window = 0  # next unplanned window
+        self._carry: list[Bin] = []
+        self._pending: list[_Sequence] = []  # finished sequences not yet in a batch
+        self._batches: list[BatchPlan] = []
+        self._done = False
+        self._num_sequences = 0
+        self._images = {}  # row -> (grid_h, grid_w, num_kept) for rows in open bins
+
+    @property
+    def next_window(self) -> int:
+        """The first window not yet planned: where a config change would take effect."""
+        return self._window
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def num_valid_images(self) -> int:
+        return len(self._order)
+
+    def batch(self, j: int) -> BatchPlan | None:
+        """Global batch j of the epoch, or None when the epoch has fewer batches."""
+        while len(self._batches) <= j and not self._done:
+            self._plan_window()
+        return self._batches[j] if j < len(self._batches) else None
+
+    def num_batches(self) -> int:
+        """The epoch's batch count (plans every remaining window)."""
+        while not self._done:
+            self._plan_window()
+        return len(self._batches)
+
+    def rank_batch(self, rank: int, world_size: int, k: int) -> BatchPlan | None:
+        """Batch k of `rank`'s stream: global batch k * world_size + rank.
+
+        When the epoch's batches run out part-way through a round, the ranks left
+        without one get an all-padding batch, so every rank sees the same count:
+        with 5 batches and 2 ranks, rank 0 gets [0, 2, 4] and rank 1 [1, 3, empty].
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+        j = k * world_size + rank
+        plan = self.batch(j)
+        if plan is not None:
+            return plan
+        round_start = k * world_size
+        if round_start < len(self._batches):
+            return BatchPlan.empty(self.epoch, j, self.history.at(self.epoch, self._window))
+        return None
+
+    def iter_rank(self, rank: int, world_size: int, start: int = 0) -> Iterator[BatchPlan]:
+        k = start
+        while (plan := self.rank_batch(rank, world_size, k)) is not None:
+            yield plan
+            k += 1
+
+    def iter_batches(self) -> Iterator[BatchPlan]:
+        j = 0
+        while (plan := self.batch(j)) is not None:
+            yield plan
+            j += 1
+
+    # -- planning ----------------------------------------------------------------------
+
+    def _plan_window(self) -> None:
+        version = self.history.at(self.epoch, self._window)
+        config = version.config
+        rows = self._order[self._cursor : self._cursor + config.pack_window]
+        self._cursor += len(rows)
+        last = self._cursor >= len(self._order)
+        if len(rows):
+            draws = plan_images(
+                config, self.epoch, self._keys[rows], self._widths[rows], self._heights[rows]
+            )
+            for r, gh, gw, nk in zip(
+                rows.tolist(),
+                draws["grid_h"].tolist(),
+                draws["grid_w"].tolist(),
+                draws["num_kept"].tolist(),
+                strict=True,
+            ):
+                self._images[r] = (gh, gw, nk)
+            limits = BinLimits(config.seq_len, config.max_images_per_seq)
+            bins = pack(draws["num_kept"], rows, limits, config.packing, self._carry)
+        else:
+            limits = BinLimits(config.seq_len, config.max_images_per_seq)
+            bins = list(self._carry)
+        if last or not config.carry_over:
+            emitted, self._carry = bins, []
+        else:
+            max_carry = max(1, config.pack_window // 32)
+            emitted, self._carry = split_carry(bins, limits, config.packing, max_carry)
+        rng = np.random.default_rng([config.seed, self.epoch, self._window, _STREAM_WINDOW_ORDER])
+        for n in rng.permutation(len(emitted)).tolist():
+            self._pending.append(self._finish(emitted[n]))
+        self._window += 1
+        while len(self._pending) >= config.batch_size:
+            self._emit_batch(version, config.batch_size)
+        if last:
+            if self._pending:
+                self._emit_batch(version, len(self._pending))
+            self._done = True
+
+    def _finish(self, b: Bin) -> _Sequence:
+        draws = np.array([self._images.pop(r) for r in b.items], dtype=np.int64).reshape(-1, 3)
+        return _Sequence(np.asarray(b.items, np.int64), draws[:, 0], draws[:, 1], draws[:, 2])
+
+    def _emit_batch(self, version: ConfigVersion, count: int) -> None:
+        sequences, self._pending = self._pending[:count], self._pending[count:]
+        rows = np.concatenate([s.rows for s in sequences])
+        table = self.index.take(pa.array(rows))
+        self._batches.append(
+            BatchPlan(
+                epoch=self.epoch,
+                batch=len(self._batches),
+                config_version=version.version,
+                config=version.config,
+                num_sequences=version.config.batch_size,
+                sequence=np.repeat(
+                    np.arange(len(sequences), dtype=np.int32), [len(s.rows) for s in sequences]
+                ),
+                image_ids=table.column("image_id").to_pylist(),
+                uri=table.column("uri").to_pylist(),
+                offset=table.column("offset").to_numpy(),
+                length=table.column("length").to_numpy(),
+                row=table.column("row").to_numpy(),
+                label=table.column("label").to_numpy(),
+                key=table.column("key").to_numpy(),
+                grid_h=np.concatenate([s.grid_h for s in sequences]),
+                grid_w=np.concatenate([s.grid_w for s in sequences]),
+                num_kept=np.concatenate([s.num_kept for s in sequences]),
+            )
+        )
+        self._num_sequences += len(sequences)
