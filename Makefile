@@ -1,0 +1,53 @@
+# navit-pack: `make pretrain` and `make test` work from a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SAMPLE := data/sample
+SAMPLE_IMAGES ?= 400
+STEPS ?= 300
+
+.PHONY: venv test pretrain bench lint format test-tools clean
+
+# torch is pinned and installed first: a bare `torch` requirement with no torch
+# installed would pull several GB of CUDA packages.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian tools some tests drive for real: headless Chromium (dashboard) and
+# docker-compose (validates docker-compose.yml). Best effort: those tests skip,
+# saying why, where the tools cannot be installed.
+test-tools:
+	@command -v chromium >/dev/null && command -v docker-compose >/dev/null || \
+	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium docker-compose >/dev/null) || echo "warning: could not install chromium/docker-compose"; }
+
+test: venv test-tools
+	$(BIN)/python -m pytest -q
+
+$(SAMPLE): | venv
+	$(BIN)/navit sample-data $(SAMPLE) --images $(SAMPLE_IMAGES) --seed 0
+
+pretrain: venv $(SAMPLE)
+	$(BIN)/navit pack $(SAMPLE) --out runs/pack --epochs 1
+
+bench: venv
+	$(BIN)/python bench/bench_packing.py
+	$(BIN)/python bench/bench_pipeline.py
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache
