@@ -184,6 +184,7 @@ class EpochPlanner:
         self._cursor = 0  # images of self._order planned so far
         self._window = 0  # next unplanned window
         self._carry: list[Bin] = []
+        self._carry_version = 0
         self._pending: list[_Sequence] = []  # finished sequences not yet in a batch
         self._batches: list[BatchPlan] = []
         self._done = False
@@ -250,6 +251,12 @@ class EpochPlanner:
     def _plan_window(self) -> None:
         version = self.history.at(self.epoch, self._window)
         config = version.config
+        if self._carry and version.version != self._carry_version:
+            # Bins opened under an older config finish as they are: none of them may hold
+            # more images (or tokens) than the config that planned them allowed.
+            self._pending.extend(self._finish(b) for b in self._carry)
+            self._carry = []
+        self._carry_version = version.version
         rows = self._order[self._cursor : self._cursor + config.pack_window]
         self._cursor += len(rows)
         last = self._cursor >= len(self._order)
