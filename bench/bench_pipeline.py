@@ -1,0 +1,156 @@
+"""Pipeline throughput: the whole Ray pipeline (plan, fill on Ray Data, Arrow files)
+against the same per-image work done without Ray, all measured in one run.
+
+    .venv/bin/python bench/bench_pipeline.py [--photos 1200] [--camera 120] [--cpus 2]
+
+- single: one process, the best path (draft decode at reduced scale, resize, patchify);
+- naive: one process, full decode then resize then patchify;
+- pool: multiprocessing.Pool(cpus) doing `single`'s work;
+- ours: `pack_to_dir` on a local Ray with `cpus` CPUs (planning, Ray Data, packing into
+  Arrow IPC files), end to end.
+Two data sets are generated once under bench/out/ (not in git): photo-sized JPEGs
+(about 0.2 MP, like ImageNet) and camera-sized JPEGs (6 MP). Prints JSON with ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from packer.config import PackingConfig
+from packer.imageio import decode_resized
+from packer.index import load_index
+from packer.patchify import patchify
+from packer.plan import ConfigHistory, EpochPlanner
+
+OUT = Path(__file__).parent / "out"
+
+
+def _write_jpegs(folder: Path, count: int, size: tuple[int, int], seed: int) -> Path:
+    target = folder / "images"
+    if target.exists() and len(list(target.glob("*.jpg"))) >= count:
+        return folder
+    target.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    # Smooth gradients plus noise compress like photos (not like flat colour).
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i in range(count):
+        base = np.stack(
+            [
+                (xx * rng.uniform(0.05, 0.3) + yy * rng.uniform(0.05, 0.3) + c * 60) % 256
+                for c in range(3)
+            ],
+            axis=-1,
+        )
+        noise = rng.integers(0, 40, size=(h, w, 3))
+        pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+        portrait = i % 3 == 0
+        image = Image.fromarray(pixels)
+        if portrait:
+            image = image.transpose(Image.Transpose.ROTATE_90)
+        image.save(target / f"{i:05d}.jpg", quality=90)
+    return folder
+
+
+def _work_items(dataset: Path, config: PackingConfig) -> list[tuple[str, int, int]]:
+    index = load_index(str(dataset))
+    items = []
+    for plan in EpochPlanner(index, ConfigHistory.start(config), 0).iter_batches():
+        for uri, gh, gw in zip(plan.uri, plan.grid_h.tolist(), plan.grid_w.tolist(), strict=True):
+            items.append((uri, gh * config.patch_size, gw * config.patch_size))
+    return items
+
+
+def _best_path(item: tuple[str, int, int]) -> int:
+    uri, h, w = item
+    image = decode_resized(Path(uri).read_bytes(), w, h)
+    return patchify(image, 16).shape[0]
+
+
+def _naive_path(item: tuple[str, int, int]) -> int:
+    uri, h, w = item
+    with Image.open(uri) as im:
+        image = np.asarray(im.convert("RGB").resize((w, h), Image.Resampling.BILINEAR))
+    return patchify(image, 16).shape[0]
+
+
+def _rate(fn, items) -> float:
+    started = time.perf_counter()
+    for item in items:
+        fn(item)
+    return len(items) / (time.perf_counter() - started)
+
+
+def _pool_rate(items, cpus: int) -> float:
+    with multiprocessing.get_context("spawn").Pool(cpus) as pool:
+        pool.map(_best_path, items[: 2 * cpus])  # warm the workers' imports
+        started = time.perf_counter()
+        pool.map(_best_path, items, chunksize=8)
+        return len(items) / (time.perf_counter() - started)
+
+
+def _ours_rate(dataset: Path, config: PackingConfig) -> float:
+    from packer.pipeline import pack_to_dir
+
+    index = load_index(str(dataset))
+    with tempfile.TemporaryDirectory() as out:
+        pack_to_dir(index, ConfigHistory.start(config), out)  # warm: Ray workers, imports
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        stats = pack_to_dir(index, ConfigHistory.start(config), out)
+        return stats.images_packed / (time.perf_counter() - started)
+
+
+def measure(dataset: Path, config: PackingConfig, cpus: int, naive: bool) -> dict:
+    items = _work_items(dataset, config)
+    single = _rate(_best_path, items[: max(len(items) // 2, 1)])
+    result = {"images": len(items), "single_images_per_s": round(single, 1)}
+    if naive:
+        result["naive_images_per_s"] = round(
+            _rate(_naive_path, items[: max(len(items) // 4, 1)]), 1
+        )
+    pool = _pool_rate(items, cpus)
+    ours = _ours_rate(dataset, config)
+    result.update(
+        {
+            "pool_images_per_s": round(pool, 1),
+            "ours_images_per_s": round(ours, 1),
+            "ours_per_core_vs_single": round(ours / cpus / single, 3),
+            "ours_vs_pool": round(ours / pool, 3),
+        }
+    )
+    if naive:
+        result["ours_vs_naive_single_core"] = round(ours / cpus / result["naive_images_per_s"], 2)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--photos", type=int, default=1200)
+    parser.add_argument("--camera", type=int, default=120)
+    parser.add_argument("--cpus", type=int, default=2)
+    args = parser.parse_args()
+    from packer.pipeline import init_ray
+
+    init_ray(num_cpus=args.cpus)
+    config = PackingConfig(batch_size=8)
+    photos = _write_jpegs(OUT / "photos", args.photos, (500, 375), seed=1)
+    camera = _write_jpegs(OUT / "camera", args.camera, (3000, 2000), seed=2)
+    report = {
+        "cpus": args.cpus,
+        "photo_jpegs_500x375": measure(photos, config, args.cpus, naive=False),
+        "camera_jpegs_3000x2000": measure(camera, config, args.cpus, naive=True),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
