@@ -1,0 +1,176 @@
+"""The batch stream: folder ranks get equal counts, Flight client tickets, tokens, cursors."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from pyarrow import flight
+from trainer_synthetic import make_batch, random_layout, write_arrow
+
+from packer.schema import PackedBatch, to_record_batch
+from trainer.data import iter_batches, prefetch_in_thread, read_arrow_file, to_device
+
+SEQ_LEN = 32
+
+
+def batches_for(count: int, seed: int) -> list[PackedBatch]:
+    rng = np.random.default_rng(seed)
+    return [
+        make_batch(random_layout(rng, 2, SEQ_LEN), SEQ_LEN, seed=seed * 1000 + j)
+        for j in range(count)
+    ]
+
+
+def write_epoch(root, epoch: int, batches: list[PackedBatch]) -> None:
+    for j, batch in enumerate(batches):
+        write_arrow(batch, root / f"epoch-{epoch:03d}" / f"batch-{j:06d}.arrow")
+
+
+def test_arrow_file_round_trips(tmp_path):
+    batch = batches_for(1, seed=3)[0]
+    write_arrow(batch, tmp_path / "batch-000000.arrow")
+    read = read_arrow_file(tmp_path / "batch-000000.arrow")
+    np.testing.assert_array_equal(read.patches, batch.patches)
+    np.testing.assert_array_equal(read.segment_ids, batch.segment_ids)
+    assert read.image_ids == batch.image_ids and read.patch_size == batch.patch_size
+
+
+def test_folder_ranks_get_equal_counts_with_padding_batches(tmp_path):
+    batches = batches_for(5, seed=1)
+    write_epoch(tmp_path, 0, batches)
+    world_size = 3  # 5 batches over 3 ranks: 2 each, the last rank's second one is padding
+    per_rank = {
+        rank: list(iter_batches(tmp_path, rank, world_size, end_epoch=1, prefetch=1))
+        for rank in range(world_size)
+    }
+    assert {rank: len(items) for rank, items in per_rank.items()} == {0: 2, 1: 2, 2: 2}
+    assert [cursor for cursor, _ in per_rank[2]] == [(0, 0), (0, 1)]
+    padding = per_rank[2][1][1]
+    assert padding.num_images == 0 and padding.real_tokens == 0
+    assert padding.patches.shape == batches[0].patches.shape
+    # Every image exactly once over all ranks, rank r holding global batches r, r+3.
+    seen = [i for items in per_rank.values() for _, b in items for i in b.image_ids]
+    expected = [i for b in batches for i in b.image_ids]
+    assert sorted(seen) == sorted(expected) and len(seen) == len(expected)
+    assert per_rank[1][1][1].image_ids == batches[4].image_ids
+
+
+def test_folder_cursor_resumes_and_single_epoch_folder_repeats(tmp_path):
+    batches = batches_for(4, seed=2)
+    write_epoch(tmp_path, 0, batches)
+    items = list(iter_batches(tmp_path, epoch=0, start_batch=3, end_epoch=3, prefetch=0))
+    assert [cursor for cursor, _ in items] == [(0, 3), (1, 0), (1, 1), (1, 2), (1, 3)] + [
+        (2, k) for k in range(4)
+    ]
+    assert items[1][1].image_ids == batches[0].image_ids  # epoch 1 replays epoch-000
+
+
+def test_folder_missing_batch_file_is_an_error(tmp_path):
+    batches = batches_for(3, seed=4)
+    write_epoch(tmp_path, 0, batches)
+    (tmp_path / "epoch-000" / "batch-000001.arrow").unlink()
+    with pytest.raises(ValueError, match="missing"):
+        next(iter_batches(tmp_path, prefetch=0))
+
+
+class ListFlightServer(flight.FlightServerBase):
+    """Serves rank streams from per-epoch batch lists, like the packer service's do_get."""
+
+    def __init__(self, epochs: list[list[PackedBatch]], token: str) -> None:
+        self.token = token
+        super().__init__("grpc://127.0.0.1:0", middleware={"auth": TokenCheck(token)})
+        self.epochs = epochs
+        self.tickets: list[dict] = []
+
+    def do_get(self, context, ticket):
+        request = json.loads(ticket.ticket.decode())
+        self.tickets.append(request)
+        rank, world, epoch = request["rank"], request["world_size"], request["epoch"]
+        batches = self.epochs[epoch] if epoch < len(self.epochs) else []
+        shape = batches[0] if batches else self.epochs[0][0]
+        schema = to_record_batch(shape).schema
+
+        def stream():
+            for k in range(request["start_batch"], -(-len(batches) // world)):
+                j = k * world + rank
+                batch = batches[j] if j < len(batches) else PackedBatch.empty(2, SEQ_LEN, 4)
+                metadata = {"epoch": epoch, "batch": k, "config_version": 7}
+                yield to_record_batch(batch), pa.py_buffer(json.dumps(metadata).encode())
+
+        return flight.GeneratorStream(schema, stream())
+
+
+class TokenCheck(flight.ServerMiddlewareFactory):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def start_call(self, info, headers):
+        if headers.get("authorization") != [f"Bearer {self.token}"]:
+            raise flight.FlightUnauthenticatedError("missing or wrong bearer token")
+        return None
+
+
+def test_flight_client_reads_rank_stream():
+    epochs = [batches_for(5, seed=10), batches_for(5, seed=11)]
+    server = ListFlightServer(epochs, token="s3cret")
+    try:
+        location = f"grpc://127.0.0.1:{server.port}"
+        items = list(
+            iter_batches(location, rank=1, world_size=2, start_batch=1, token="s3cret", end_epoch=2)
+        )
+        # Rank 1 of 2 over 5 batches: k = 0..2 holds global batches 1, 3 and padding.
+        assert [cursor for cursor, _ in items] == [(0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+        assert items[0][1].image_ids == epochs[0][3].image_ids
+        assert items[1][1].num_images == 0  # j = 5: padding from the server
+        assert items[2][1].image_ids == epochs[1][1].image_ids
+        np.testing.assert_array_equal(items[3][1].patches, epochs[1][3].patches)
+        assert all(batch.config_version == 7 for _, batch in items)
+        assert server.tickets == [
+            {"rank": 1, "world_size": 2, "epoch": 0, "start_batch": 1},
+            {"rank": 1, "world_size": 2, "epoch": 1, "start_batch": 0},
+        ]
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            next(iter_batches(location, token="wrong", prefetch=0))
+        # Without an epoch limit the stream ends when the service has nothing at batch 0.
+        assert len(list(iter_batches(location, token="s3cret", prefetch=0))) == 10
+    finally:
+        server.shutdown()
+
+
+def test_prefetch_reraises_errors_and_stops_when_closed():
+    def failing():
+        yield 1
+        raise RuntimeError("disk on fire")
+
+    items = prefetch_in_thread(failing(), depth=1)
+    assert next(items) == 1
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        next(items)
+
+    produced = threading.Event()
+
+    def endless():
+        k = 0
+        while True:
+            produced.set()
+            yield k
+            k += 1
+
+    stream = prefetch_in_thread(endless(), depth=2)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()  # must not hang on the full queue
+
+
+def test_to_device_is_zero_copy_on_cpu(tmp_path):
+    write_arrow(batches_for(1, seed=6)[0], tmp_path / "batch-000000.arrow")
+    batch = read_arrow_file(tmp_path / "batch-000000.arrow")
+    tensors = to_device(batch, "cpu")
+    assert tensors["patches"].dtype == torch.uint8
+    assert tensors["patches"].data_ptr() == batch.patches.ctypes.data
+    assert tensors["segment_ids"].data_ptr() == batch.segment_ids.ctypes.data
+    assert tensors["labels"].tolist() == batch.labels.tolist()
