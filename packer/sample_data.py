@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -165,24 +166,32 @@ def write_webdataset_shards(
 
     Each image becomes members <key>.<ext> and <key>.cls (its label as text), where key
     is its relative path with "/" -> "__" and no extension: "circles/circles_000001.jpg"
-    -> "circles__circles_000001". Member headers carry no time or owner, so the same
-    folder gives the same bytes.
+    -> "circles__circles_000001" (with "_<ext>" added if two files would share a key).
+    Member headers carry no time or owner, so the same folder gives the same bytes.
+    A WebDataset source reads only jpg, jpeg, png and webp members; other images are
+    written but not indexed.
     """
     if images_per_shard <= 0:
         raise ValueError(f"images_per_shard must be positive, got {images_per_shard}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _, items = _folder_items(folder)
+    stems = [
+        relative.rpartition(".")[0].replace("/", "__").replace(".", "_") for _, relative, _ in items
+    ]
+    shared = {stem for stem, count in Counter(stems).items() if count > 1}
+    members = []  # (path, key, extension, label)
+    for (path, relative, label), stem in zip(items, stems, strict=True):
+        ext = relative.rpartition(".")[2].lower()
+        members.append((path, f"{stem}_{ext}" if stem in shared else stem, ext, label))
     shards = []
-    for start in range(0, len(items), images_per_shard):
-        path = out / f"shard-{start // images_per_shard:06d}.tar"
-        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for source, relative, label in items[start : start + images_per_shard]:
-                stem, _, ext = relative.rpartition(".")
-                key = stem.replace("/", "__").replace(".", "_")
-                _add_member(tar, f"{key}.{ext.lower()}", source.read_bytes())
+    for start in range(0, len(members), images_per_shard):
+        shard = out / f"shard-{start // images_per_shard:06d}.tar"
+        with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as tar:
+            for path, key, ext, label in members[start : start + images_per_shard]:
+                _add_member(tar, f"{key}.{ext}", path.read_bytes())
                 _add_member(tar, f"{key}.cls", str(label).encode())
-        shards.append(path)
+        shards.append(shard)
     return shards
 
 

@@ -593,17 +593,21 @@ _BUCKET_FILESYSTEMS = tuple(
 class ByteReader:
     """Reads image bytes back from index locations. One per worker; not thread-safe.
 
-    Caches filesystems, open files (tar shards) and, per Parquet file, the row group last
-    read. Pickles to an empty reader, so it can ship with a Ray task.
+    Caches filesystems, open files (tar shards, Parquet files) and the image column of
+    the Parquet row groups read last (a shuffled batch hops between row groups, so one
+    per file would thrash). Pickles to an empty reader, so it can ship with a Ray task.
     """
 
-    def __init__(self, max_open_files: int = 16, max_row_groups: int = 4) -> None:
+    def __init__(self, max_open_files: int = 16, max_row_groups: int = 8) -> None:
+        if max_open_files < 1 or max_row_groups < 1:
+            raise ValueError("ByteReader caches need room for at least one entry")
         self._max_open_files = max_open_files
         self._max_row_groups = max_row_groups
         self._local = pafs.LocalFileSystem()
         self._filesystems: dict[str, pafs.FileSystem] = {}
         self._files: OrderedDict[str, pa.NativeFile] = OrderedDict()
-        self._parquet: OrderedDict[str, _ParquetCursor] = OrderedDict()
+        self._parquet: OrderedDict[str, _ParquetImages] = OrderedDict()
+        self._row_groups: OrderedDict[tuple[str, int], pa.Array] = OrderedDict()
 
     def __getstate__(self) -> dict[str, int]:
         return {"max_open_files": self._max_open_files, "max_row_groups": self._max_row_groups}
@@ -631,6 +635,7 @@ class ByteReader:
             handle.close()
         self._files.clear()
         self._parquet.clear()
+        self._row_groups.clear()
 
     def _resolve(self, uri: str) -> tuple[pafs.FileSystem, str]:
         if "://" not in uri:
@@ -659,38 +664,50 @@ class ByteReader:
         return handle.read_at(length, offset) if length else b""
 
     def _read_row(self, uri: str, row: int) -> bytes:
-        cursor = self._parquet.get(uri)
-        if cursor is None:
+        images = _lru_get(self._parquet, uri)
+        if images is None:
             fs, path = self._resolve(uri)
-            cursor = _ParquetCursor(fs, path)
-            self._parquet[uri] = cursor
-            if len(self._parquet) > self._max_row_groups:
-                self._parquet.popitem(last=False)
-        else:
-            self._parquet.move_to_end(uri)
-        return cursor.read(row)
+            images = _ParquetImages(fs, path)
+            _lru_put(self._parquet, uri, images, self._max_open_files)
+        group, position = images.locate(row)
+        values = _lru_get(self._row_groups, (uri, group))
+        if values is None:
+            values = images.read_group(group)
+            _lru_put(self._row_groups, (uri, group), values, self._max_row_groups)
+        value = values[position].as_py()
+        return value if value is not None else b""
 
 
-class _ParquetCursor:
-    """One Parquet file's image column, one row group held at a time."""
+def _lru_get(cache: OrderedDict, key: Any) -> Any:
+    value = cache.get(key)
+    if value is not None:
+        cache.move_to_end(key)
+    return value
+
+
+def _lru_put(cache: OrderedDict, key: Any, value: Any, capacity: int) -> None:
+    cache[key] = value
+    while len(cache) > capacity:
+        cache.popitem(last=False)
+
+
+class _ParquetImages:
+    """The image column of one Parquet file, read a row group at a time."""
 
     def __init__(self, fs: pafs.FileSystem, path: str) -> None:
         self._file = pq.ParquetFile(fs.open_input_file(path))
         self._column, self._is_struct = image_column(self._file.schema_arrow)
         self._starts = _row_group_starts(self._file.metadata)
         self._num_rows = self._file.metadata.num_rows
-        self._group = -1
-        self._values: pa.Array | None = None
 
-    def read(self, row: int) -> bytes:
+    def locate(self, row: int) -> tuple[int, int]:
+        """(row group, position in it): row 130 with groups of 100 -> (1, 30)."""
         if not 0 <= row < self._num_rows:
             raise IndexError(f"row {row} out of range for {self._num_rows} rows")
         group = bisect.bisect_right(self._starts, row) - 1
-        if group != self._group:
-            column = self._file.read_row_group(group, columns=[self._column]).column(0)
-            values = column.combine_chunks()
-            if self._is_struct:
-                values = values.field("bytes")
-            self._values, self._group = values, group
-        value = self._values[row - self._starts[group]].as_py()
-        return value if value is not None else b""
+        return group, row - self._starts[group]
+
+    def read_group(self, group: int) -> pa.Array:
+        values = self._file.read_row_group(group, columns=[self._column]).column(0)
+        values = values.combine_chunks()
+        return values.field("bytes") if self._is_struct else values

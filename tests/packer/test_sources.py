@@ -249,3 +249,12 @@ def test_fingerprint_changes_when_a_file_changes_and_not_otherwise(folder, tmp_p
     assert open_source(str(tmp_path)).fingerprint() == before
     (tmp_path / "circles" / "extra.jpg").write_bytes(cases.photo_jpeg())
     assert open_source(str(tmp_path)).fingerprint() != before
+
+
+def test_webdataset_converter_keeps_files_that_differ_only_by_extension_apart(tmp_path):
+    (tmp_path / "in" / "c").mkdir(parents=True)
+    (tmp_path / "in" / "c" / "a.jpg").write_bytes(cases.photo_jpeg())
+    (tmp_path / "in" / "c" / "a.png").write_bytes(cases.strip_png(4, 4))
+    write_webdataset_shards(tmp_path / "in", tmp_path / "out")
+    ids = sorted(r.image_id for r in open_source(str(tmp_path / "out")).records())
+    assert ids == ["shard-000000.tar/c__a_jpg", "shard-000000.tar/c__a_png"]
