@@ -340,7 +340,10 @@ class WebDatasetSource(Source):
 
 
 def _split_member_name(name: str) -> tuple[str, str]:
-    """ "./a/b/00042.seg.png" -> ("a/b/00042", "seg.png"): key up to the basename's first dot."""
+    """(key, extension), split at the basename's first dot.
+
+    "./a/00042.seg.png" -> ("a/00042", "seg.png").
+    """
     name = name.removeprefix("./")
     directory, base = posixpath.split(name)
     stem, _, ext = base.partition(".")
