@@ -48,7 +48,10 @@ def unpatchify(patches: np.ndarray, grid_h: int, grid_w: int, patch_size: int) -
 
 
 def patch_coordinates(grid_h: int, grid_w: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) int16 of every patch of a grid, row-major: 2x3 -> [0,0,0,1,1,1], [0,1,2,0,1,2]."""
+    """(rows, cols) int16 of every patch of a grid, row-major.
+
+    A 2x3 grid gives rows [0, 0, 0, 1, 1, 1] and cols [0, 1, 2, 0, 1, 2].
+    """
     if grid_h < 0 or grid_w < 0:
         raise ValueError(f"grid must be non-negative, got {grid_h}x{grid_w}")
     if max(grid_h, grid_w) > np.iinfo(np.int16).max + 1:
