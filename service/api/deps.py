@@ -1,0 +1,64 @@
+"""Request dependencies: the running job, the settings, and bearer-token auth."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from packer.config import ConfigError
+from service.job import ServiceJob
+from service.settings import ServiceSettings
+
+_bearer = HTTPBearer(auto_error=False, description="the service token (--token-file, NAVIT_TOKEN)")
+
+
+def get_settings(request: Request) -> ServiceSettings:
+    return request.app.state.settings
+
+
+def get_job(request: Request) -> ServiceJob:
+    job = request.app.state.job
+    if job is None:
+        raise HTTPException(503, "the service is starting (loading the index, starting Ray)")
+    return job
+
+
+def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Mutations need `Authorization: Bearer <token>` when the service has a token."""
+    expected: str | None = request.app.state.token
+    if expected is None:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            401,
+            "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+class ApiError(Exception):
+    """A refused request: its status and a reason naming the field (see main's handler)."""
+
+    def __init__(self, status_code: int, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+        self.field = field
+
+
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+JobDep = Annotated[ServiceJob, Depends(get_job)]
+Authorized = Depends(require_token)
+
+
+def config_error_422(error: ConfigError, *loc: str) -> HTTPException:
+    """A packer ConfigError as FastAPI's own 422 shape, its field in `loc`."""
+    where = [*loc] if error.field == "config" else [*loc, error.field]
+    return HTTPException(422, detail=[{"loc": where, "msg": error.message, "type": "config_error"}])

@@ -1,0 +1,31 @@
+"""Trainer reports: each rank says how long its steps take and how long it waited for data."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from service.api.deps import Authorized, JobDep
+from service.api.schemas import ErrorResponse, TrainerOut, TrainerReport, TrainersResponse
+
+router = APIRouter(tags=["trainers"])
+
+
+@router.post(
+    "/trainers/{rank}/report",
+    response_model=TrainerOut,
+    dependencies=[Authorized],
+    responses={401: {"model": ErrorResponse, "description": "missing or wrong bearer token"}},
+)
+def post_report(
+    rank: Annotated[int, Path(ge=0, le=65535)], report: TrainerReport, job: JobDep
+) -> dict:
+    """Record rank's latest step; /stats shows it with its data-wait fraction."""
+    entry = job.report_trainer(rank, report.model_dump())
+    return {**entry, "age_s": 0.0}
+
+
+@router.get("/trainers", response_model=TrainersResponse)
+def get_trainers(job: JobDep) -> dict:
+    return {"trainers": job.trainers()}

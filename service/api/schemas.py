@@ -1,0 +1,260 @@
+"""Pydantic models of the control plane's requests and responses (the OpenAPI schema).
+
+The config models are built from `packer.config.PackingConfig`'s own fields and types,
+so the API cannot drift from the packer: `PackingConfigModel` has every field, and
+`ConfigPatch` has every field optional (a partial config). Type errors are caught here
+(422 naming the field); value rules (min_res <= max_res, ...) are PackingConfig's, and
+the routes map its ConfigError.field into the same 422 shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from packer.config import PackingConfig
+
+_INT_MAX = 2**31 - 1  # sizes and counts: far above any sane value, below numpy overflow
+_SEED_MAX = 2**63 - 1
+
+
+def _config_fields(optional: bool) -> dict[str, Any]:
+    hints = typing.get_type_hints(PackingConfig)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(PackingConfig):
+        hint = hints[f.name]
+        limits: dict[str, Any] = {}
+        if hint is int:
+            limits["le"] = _SEED_MAX if f.name == "seed" else _INT_MAX
+        if optional:
+            fields[f.name] = (hint | None, Field(None, **limits))
+        else:
+            fields[f.name] = (hint, Field(f.default, **limits))
+    return fields
+
+
+PackingConfigModel = create_model(
+    "PackingConfigModel",
+    __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+    __doc__="A complete packing config (packer.config.PackingConfig).",
+    **_config_fields(optional=False),
+)
+
+ConfigPatch = create_model(
+    "ConfigPatch",
+    __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+    __doc__="A partial packing config: only the fields to change.",
+    **_config_fields(optional=True),
+)
+
+
+def patch_values(patch: BaseModel) -> dict[str, Any]:
+    """The fields a client actually set (an explicit null means: leave unchanged)."""
+    return {k: v for k, v in patch.model_dump(exclude_unset=True).items() if v is not None}
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+    field: str | None = None
+
+
+class EffectiveFrom(BaseModel):
+    epoch: int
+    window: int
+
+
+class ConfigVersionOut(BaseModel):
+    version: int
+    epoch: int
+    window: int
+    config: PackingConfigModel  # type: ignore[valid-type]
+
+
+class ConfigResponse(BaseModel):
+    version: int
+    etag: str
+    effective_from: EffectiveFrom
+    config: PackingConfigModel  # type: ignore[valid-type]
+    changed: list[str] = Field(default_factory=list, description="fields this PATCH changed")
+    history: list[ConfigVersionOut]
+
+
+class PackingStatsOut(BaseModel):
+    images_in: int
+    images_packed: int
+    images_rejected: int
+    rejected_by_reason: dict[str, int]
+    batches: int
+    sequences: int
+    filler_sequences: int
+    real_tokens: int
+    pad_tokens: int
+    efficiency: float
+    images_per_sequence_mean: float
+    tokens_per_image_mean: float
+    images_per_sequence_hist: dict[str, int]
+    tokens_per_image_hist: dict[str, int]
+    elapsed_s: float
+    images_per_s: float | None
+    tokens_per_s: float | None
+
+
+class RatesOut(BaseModel):
+    seconds: float
+    batches: int
+    sequences: int
+    images: int
+    real_tokens: int
+    pad_tokens: int
+    bytes: int
+    efficiency: float
+    batches_per_s: float
+    sequences_per_s: float
+    images_per_s: float
+    tokens_per_s: float
+    bytes_per_s: float
+
+
+class ThroughputOut(BaseModel):
+    run: RatesOut
+    last_minute: RatesOut
+
+
+class VersionStatsOut(BaseModel):
+    config_version: int
+    from_epoch: int | None
+    from_window: int | None
+    stats: PackingStatsOut
+
+
+class RankOut(BaseModel):
+    rank: int
+    world_size: int
+    epoch: int
+    next_batch: int = Field(description="this rank's next batch index not yet sent")
+    batches_sent: int
+    connected: bool
+    in_flight: int = Field(description="fill tasks pending for this rank's open streams")
+    lag_epochs: int
+    lag_batches: int | None = Field(description="batches behind the furthest rank")
+    idle_s: float
+
+
+class StreamsOut(BaseModel):
+    active: int
+    max_in_flight: int
+    max_in_flight_seen: int
+
+
+class TrainerReport(BaseModel):
+    """What a trainer rank reports after a step: is it waiting for data?"""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    step: int = Field(ge=0, le=_SEED_MAX)
+    step_time_s: float = Field(ge=0, description="wall time of the whole step")
+    data_wait_s: float = Field(ge=0, description="part of the step spent waiting for data")
+    world_size: int | None = Field(None, ge=1, le=65536)
+    epoch: int | None = Field(None, ge=0, le=_SEED_MAX)
+    batch: int | None = Field(None, ge=0, le=_SEED_MAX)
+    samples_per_s: float | None = Field(None, ge=0)
+    tokens_per_s: float | None = Field(None, ge=0)
+    loss: float | None = None
+
+
+class TrainerOut(TrainerReport):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    rank: int
+    data_wait_fraction: float
+    starved: bool = Field(description="more than 20% of the step spent waiting for data")
+    age_s: float = 0.0
+
+
+class TrainersResponse(BaseModel):
+    trainers: list[TrainerOut]
+
+
+class StatsResponse(BaseModel):
+    dataset: str
+    uptime_s: float
+    config_version: int
+    images: int
+    valid_images: int
+    efficiency: float = Field(description="real tokens / all tokens of planned sequences")
+    packing: PackingStatsOut
+    throughput: ThroughputOut
+    by_config_version: list[VersionStatsOut]
+    rejected_by_reason: dict[str, int]
+    ranks: list[RankOut]
+    streams: StreamsOut
+    trainers: list[TrainerOut]
+    trainers_starved: int
+
+
+class TimelinePoint(RatesOut):
+    t: float = Field(description="bucket start, unix seconds")
+
+
+class TimelineResponse(BaseModel):
+    bucket_s: float
+    points: list[TimelinePoint]
+
+
+class SimulateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    config: ConfigPatch = Field(  # type: ignore[valid-type]
+        default_factory=ConfigPatch, description="overrides of the current config"
+    )
+    sample_size: int | None = Field(
+        None, ge=1, le=_INT_MAX, description="images sampled from the index (default 2000)"
+    )
+    epochs: int = Field(1, ge=1, le=4)
+
+
+class SimulateResponse(BaseModel):
+    config: PackingConfigModel  # type: ignore[valid-type]
+    sample_size: int
+    epochs: int
+    stats: PackingStatsOut
+    baseline_config_version: int
+    baseline: PackingStatsOut = Field(description="the current config on the same sample")
+
+
+class SegmentOut(BaseModel):
+    slot: int
+    start: int
+    length: int
+    image_id: str
+    label: int
+
+
+class SequenceOut(BaseModel):
+    epoch: int
+    rank: int
+    batch: int
+    global_batch: int
+    row: int
+    config_version: int
+    seq_len: int
+    real_tokens: int
+    segments: list[SegmentOut]
+
+
+class SequencesResponse(BaseModel):
+    sequences: list[SequenceOut]
+
+
+class HealthResponse(BaseModel):
+    status: str
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    index_loaded: bool
+    ray: bool
+    reasons: list[str]

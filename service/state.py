@@ -1,0 +1,142 @@
+"""The service's state store: a small SQLite database in the state directory.
+
+It holds what a restarted service needs to regenerate exactly the batches it would have
+sent (batches are a pure function of index, config history, epoch, rank and batch index):
+
+- `meta`: the dataset and a fingerprint of its index, so a state directory is never
+  silently reused for another dataset, and the JSON config history.
+- `frontier`: per epoch, the first window not yet planned. A config change must start at
+  or after it: windows below it may already have left as batches, and re-planning them
+  with another config after a restart would change what a trainer already received.
+- `cursors`: each rank stream's position (epoch, next batch index), for /stats and for
+  an operator; the trainer's own cursor in its ticket is what a reconnect resumes from.
+
+With no state directory the database lives in memory (nothing survives a restart).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from packer.plan import ConfigHistory
+
+DB_NAME = "navit-state.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS frontier (epoch INTEGER PRIMARY KEY, next_window INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS cursors (
+    rank INTEGER NOT NULL,
+    world_size INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    next_batch INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (rank, world_size)
+);
+"""
+
+
+@dataclass(frozen=True)
+class RankCursor:
+    rank: int
+    world_size: int
+    epoch: int
+    next_batch: int  # the first batch index of the epoch not yet sent
+    updated_at: float
+
+
+class StateStore:
+    """Thread-safe access to the state database (one connection behind a lock)."""
+
+    def __init__(self, state_dir: str | Path | None) -> None:
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        if self.state_dir is None:
+            target = ":memory:"
+        else:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            target = str(self.state_dir / DB_NAME)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        if self.state_dir is not None:
+            # WAL + NORMAL: a commit survives a process crash, and writers do not block
+            # readers; an OS crash may lose the last commits, which only rewinds cursors.
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    @property
+    def persistent(self) -> bool:
+        return self.state_dir is not None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- meta --------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def load_history(self) -> ConfigHistory | None:
+        text = self.get_meta("config_history")
+        return ConfigHistory.from_json(text) if text else None
+
+    def save_history(self, history: ConfigHistory) -> None:
+        self.set_meta("config_history", history.to_json())
+
+    # -- planned frontier --------------------------------------------------------------
+
+    def frontier(self) -> dict[int, int]:
+        """epoch -> first window not yet planned (only epochs planned at least once)."""
+        with self._lock:
+            rows = self._db.execute("SELECT epoch, next_window FROM frontier").fetchall()
+        return {int(e): int(w) for e, w in rows}
+
+    def advance_frontier(self, epoch: int, next_window: int) -> None:
+        """Record that windows below `next_window` of `epoch` are planned (never lowers)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO frontier (epoch, next_window) VALUES (?, ?) "
+                "ON CONFLICT(epoch) DO UPDATE SET "
+                "next_window = MAX(next_window, excluded.next_window)",
+                (epoch, next_window),
+            )
+
+    # -- rank cursors ------------------------------------------------------------------
+
+    def cursors(self) -> list[RankCursor]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT rank, world_size, epoch, next_batch, updated_at FROM cursors "
+                "ORDER BY world_size, rank"
+            ).fetchall()
+        return [RankCursor(int(r), int(w), int(e), int(b), float(t)) for r, w, e, b, t in rows]
+
+    def save_cursors(self, cursors: list[RankCursor]) -> None:
+        if not cursors:
+            return
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO cursors (rank, world_size, epoch, next_batch, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(rank, world_size) DO UPDATE SET "
+                "epoch = excluded.epoch, next_batch = excluded.next_batch, "
+                "updated_at = excluded.updated_at",
+                [(c.rank, c.world_size, c.epoch, c.next_batch, c.updated_at) for c in cursors],
+            )
+
+    def save_cursor(self, rank: int, world_size: int, epoch: int, next_batch: int) -> None:
+        self.save_cursors([RankCursor(rank, world_size, epoch, next_batch, time.time())])

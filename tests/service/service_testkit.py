@@ -1,0 +1,91 @@
+"""Helpers for the service tests: tickets, reading a rank's stream, the small config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from packer.config import PackingConfig
+from packer.schema import from_record_batch
+from service.flight import bearer_call_options
+
+# Small enough that an epoch of 48 sample images is a few seconds on 2 cores, and gives
+# about ten one-sequence batches, so a stream can be cut in the middle.
+SMALL_CONFIG = PackingConfig(
+    patch_size=16, seq_len=128, min_res=32, max_res=96, batch_size=1, pack_window=16
+)
+
+
+def ticket(rank: int, world_size: int, epoch: int, start_batch: int = 0) -> flight.Ticket:
+    body = {"rank": rank, "world_size": world_size, "epoch": epoch, "start_batch": start_batch}
+    return flight.Ticket(json.dumps(body).encode())
+
+
+@dataclass
+class Received:
+    metadata: dict  # the batch's app_metadata
+    schema_metadata: dict[str, str]
+    image_ids: list[str]
+    images_per_seq: list[int]
+    num_rows: int
+
+
+def received(chunk: flight.FlightStreamChunk) -> Received:
+    batch: pa.RecordBatch = chunk.data
+    packed = from_record_batch(batch)
+    return Received(
+        metadata=json.loads(chunk.app_metadata.to_pybytes()),
+        schema_metadata={k.decode(): v.decode() for k, v in batch.schema.metadata.items()},
+        image_ids=list(packed.image_ids),
+        images_per_seq=packed.images_per_seq.tolist(),
+        num_rows=batch.num_rows,
+    )
+
+
+def connect(location: str, tls_root: bytes | None = None) -> flight.FlightClient:
+    if tls_root is not None:
+        return flight.FlightClient(location, tls_root_certs=tls_root)
+    return flight.FlightClient(location)
+
+
+def read_stream(
+    location: str,
+    rank: int,
+    world_size: int,
+    epoch: int,
+    start_batch: int = 0,
+    *,
+    token: str | None = None,
+    limit: int | None = None,
+) -> list[Received]:
+    """Read a rank's stream to its end, or only `limit` batches and then hang up."""
+    client = connect(location)
+    try:
+        reader = client.do_get(
+            ticket(rank, world_size, epoch, start_batch), bearer_call_options(token)
+        )
+        out: list[Received] = []
+        while limit is None or len(out) < limit:
+            try:
+                chunk = reader.read_chunk()
+            except StopIteration:
+                break
+            out.append(received(chunk))
+        if limit is not None:
+            reader.cancel()  # the trainer drops mid-epoch
+        return out
+    finally:
+        client.close()
+
+
+def image_ids(batches: list[Received]) -> list[str]:
+    return [i for b in batches for i in b.image_ids]
+
+
+def valid_image_ids(index: pa.Table) -> list[str]:
+    ids = index.column("image_id").to_pylist()
+    errors = index.column("error").to_pylist()
+    return sorted(i for i, e in zip(ids, errors, strict=True) if e is None)

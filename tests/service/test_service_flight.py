@@ -1,0 +1,216 @@
+"""The Flight stream end to end: exactly once across ranks, resume, restart, backpressure."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import pyarrow.flight as flight
+import pytest
+from service_testkit import (
+    SMALL_CONFIG,
+    connect,
+    image_ids,
+    read_stream,
+    received,
+    ticket,
+    valid_image_ids,
+)
+
+from packer.schema import PackedBatch, packed_schema, to_record_batch
+from service.flight import PackedFlightServer
+from service.replay import ReplaySource
+
+pytestmark = pytest.mark.slow
+
+
+def _wait_until(condition, timeout: float = 30.0) -> None:
+    """Poll `condition` (a wait for the server to settle, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.05)
+
+
+def test_two_ranks_get_disjoint_equal_streams_covering_the_epoch(start, sample_index):
+    service = start()
+    rank0 = read_stream(service.flight_location, 0, 2, epoch=0)
+    rank1 = read_stream(service.flight_location, 1, 2, epoch=0)
+
+    assert len(rank0) == len(rank1) > 1
+    ids0, ids1 = image_ids(rank0), image_ids(rank1)
+    assert not set(ids0) & set(ids1)
+    assert sorted(ids0 + ids1) == valid_image_ids(sample_index)
+    for rank, batches in ((0, rank0), (1, rank1)):
+        for k, batch in enumerate(batches):
+            assert batch.metadata["batch"] == k
+            assert batch.metadata["global_batch"] == k * 2 + rank
+            assert batch.metadata["rank"] == rank
+            assert batch.metadata["epoch"] == 0
+            assert batch.metadata["config_version"] == 1
+            assert batch.schema_metadata["patch_size"] == "16"
+            assert batch.schema_metadata["seq_len"] == "128"
+            assert max(batch.images_per_seq) <= SMALL_CONFIG.max_images_per_seq
+
+    stats = httpx.get(f"{service.api_url}/stats").json()
+    assert stats["packing"]["images_packed"] == len(valid_image_ids(sample_index))
+    assert 0 < stats["efficiency"] <= 1
+    cursors = {(r["rank"], r["world_size"]): r for r in stats["ranks"]}
+    assert cursors[(0, 2)]["next_batch"] == len(rank0)
+    assert cursors[(1, 2)]["lag_batches"] == 0
+
+
+def test_same_batches_whoever_asks_first(start):
+    """The shared planner gives rank 1 the same batches whether or not rank 0 went first."""
+    first = start()
+    alone = read_stream(first.flight_location, 1, 2, epoch=0)
+    first.stop()
+    second = start()
+    read_stream(second.flight_location, 0, 2, epoch=0)
+    after = read_stream(second.flight_location, 1, 2, epoch=0)
+    assert [b.image_ids for b in alone] == [b.image_ids for b in after]
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b"not json", "ticket"),
+        (b"\xff\xfe", "ticket"),
+        (b"[1, 2]", "ticket"),
+        (b'{"rank": 0, "epoch": 0}', "world_size"),
+        (b'{"rank": 2, "world_size": 2, "epoch": 0}', "rank"),
+        (b'{"rank": -1, "world_size": 2, "epoch": 0}', "rank"),
+        (b'{"rank": 0, "world_size": 0, "epoch": 0}', "world_size"),
+        (b'{"rank": 0, "world_size": 1, "epoch": "0"}', "epoch"),
+        (b'{"rank": 0, "world_size": 1, "epoch": 0, "start_batch": 1.5}', "start_batch"),
+        (b'{"rank": 0, "world_size": 1, "epoch": 0, "colour": 1}', "colour"),
+        (b'{"rank": 0, "world_size": 1, "epoch": 99}', "epoch"),
+    ],
+)
+def test_bad_tickets_get_a_reason_and_the_server_keeps_serving(start, raw, field):
+    service = start()
+    # Plan epoch 0 first, so that epoch 99 is "too far ahead".
+    read_stream(service.flight_location, 0, 1, epoch=0, limit=1)
+    client = connect(service.flight_location)
+    with pytest.raises(flight.FlightServerError, match=f"bad ticket: {field}"):
+        client.do_get(flight.Ticket(raw)).read_all()
+    client.close()
+    assert len(read_stream(service.flight_location, 0, 1, epoch=0, limit=1)) == 1
+
+
+def test_flight_listing_describes_the_stream(start):
+    service = start()
+    client = connect(service.flight_location)
+    infos = list(client.list_flights())
+    assert len(infos) == 1
+    info = infos[0]
+    assert info.schema.equals(packed_schema(16, 128))
+    description = json.loads(info.endpoints[0].ticket.ticket)
+    assert description == {"rank": 0, "world_size": 1, "epoch": 0, "start_batch": 0}
+    about = json.loads(info.app_metadata)
+    assert (about["patch_size"], about["seq_len"], about["config_version"]) == (16, 128, 1)
+
+    one_rank = flight.FlightDescriptor.for_command(ticket(1, 2, 0).ticket)
+    assert json.loads(client.get_flight_info(one_rank).endpoints[0].ticket.ticket)["rank"] == 1
+    with pytest.raises(flight.FlightServerError, match="unknown flight"):
+        client.get_flight_info(flight.FlightDescriptor.for_path("nope"))
+    client.close()
+
+
+def test_reconnect_and_service_restart_keep_exactly_once(start, sample_index, tmp_path):
+    state_dir = tmp_path / "state"
+    first = start(state_dir=state_dir)
+    rank0 = read_stream(first.flight_location, 0, 2, epoch=0, limit=2)
+    # Rank 0 drops and reconnects with its cursor: nothing lost, nothing repeated.
+    rank0 += read_stream(first.flight_location, 0, 2, epoch=0, start_batch=2, limit=1)
+    rank1 = read_stream(first.flight_location, 1, 2, epoch=0, limit=1)
+    # A config change mid-epoch is part of the history a restart must reproduce.
+    patched = httpx.patch(f"{first.api_url}/config", json={"max_images_per_seq": 3})
+    assert patched.status_code == 200, patched.text
+    version = patched.json()["version"]
+    first.stop()
+
+    second = start(state_dir=state_dir)
+    assert httpx.get(f"{second.api_url}/config").json()["version"] == version
+    rank0 += read_stream(second.flight_location, 0, 2, epoch=0, start_batch=len(rank0))
+    rank1 += read_stream(second.flight_location, 1, 2, epoch=0, start_batch=len(rank1))
+
+    assert [b.metadata["batch"] for b in rank0] == list(range(len(rank0)))
+    assert [b.metadata["batch"] for b in rank1] == list(range(len(rank1)))
+    assert len(rank0) == len(rank1)
+    delivered = image_ids(rank0) + image_ids(rank1)
+    assert sorted(delivered) == valid_image_ids(sample_index)
+    for batch in rank0 + rank1:
+        if batch.metadata["config_version"] == version:
+            assert max(batch.images_per_seq, default=0) <= 3
+
+
+def test_a_stalled_rank_keeps_its_fill_bounded_and_others_finish(start, sample_index):
+    # One image per 1024-token sequence: each batch is ~0.8 MB, so a rank's epoch
+    # (~24 batches) is more than gRPC's flow-control window and socket buffers hold.
+    config = SMALL_CONFIG.replace(seq_len=1024, max_images_per_seq=1)
+    service = start(config=config, max_in_flight=2)
+    per_rank = len(valid_image_ids(sample_index)) // 2
+    client = connect(service.flight_location)
+    stalled = client.do_get(ticket(0, 2, 0))
+    first = received(stalled.read_chunk())  # one batch, then it stops reading
+    assert first.metadata["batch"] == 0
+
+    rank1 = read_stream(service.flight_location, 1, 2, epoch=0)
+    assert len(rank1) == per_rank  # the other rank is not held up by the stalled one
+
+    (stream,) = [s for s in service.job.streams() if s.rank == 0]
+    assert stream.closed_at is None  # still open, parked behind the stalled client
+    assert stream.sent < per_rank
+    assert stream.max_in_flight_seen <= 2
+    assert stream.in_flight <= 2
+    stalled.cancel()
+    client.close()
+    _wait_until(lambda: all(s.closed_at for s in service.job.streams()))
+    assert stream.end == "closed"
+
+
+def test_backpressure_parks_a_stalled_stream_at_the_transport():
+    """Replay 300 large batches: a client that stops reading after one holds the server
+    to what gRPC flow control buffers (a few batches), while another client reads all."""
+    rng = np.random.default_rng(0)
+    batch = PackedBatch.empty(2, 1024, 16)
+    batch.patches[:] = rng.integers(0, 256, batch.patches.shape, dtype=np.uint8)
+    record_batch = to_record_batch(batch)  # about 1.6 MB
+    source = ReplaySource([record_batch], batches_per_epoch=300)
+    server = PackedFlightServer(source, "127.0.0.1", 0)
+    location = f"grpc+tcp://127.0.0.1:{server.port}"
+    try:
+        client = connect(location)
+        stalled = client.do_get(ticket(0, 2, 0))
+        stalled.read_chunk()
+        done = threading.Event()
+        other: list = []
+
+        def read_other() -> None:
+            other.extend(read_stream(location, 1, 2, epoch=0))
+            done.set()
+
+        threading.Thread(target=read_other, daemon=True).start()
+        _wait_until(done.is_set, timeout=120)
+        assert len(other) == 150
+
+        # Let the stalled stream's producer run as far as it can, then check it stopped.
+        seen: list[int] = []
+
+        def settled() -> bool:
+            seen.append(source.produced[(0, 2)])
+            return len(seen) > 10 and len(set(seen[-10:])) == 1
+
+        _wait_until(settled)
+        produced = source.produced[(0, 2)]
+        assert produced < 150
+        assert produced * record_batch.nbytes < 64 * 2**20
+        stalled.cancel()
+        client.close()
+    finally:
+        server.shutdown()
