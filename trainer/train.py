@@ -205,7 +205,8 @@ def train(
         step_model = torch.compile(step_model)  # type: ignore[assignment]
 
     is_main = rank == 0
-    log = MetricsLog(Path(ckpt_dir) / METRICS_NAME if ckpt_dir and is_main else None, resume)
+    metrics_path = Path(ckpt_dir) / METRICS_NAME if ckpt_dir and is_main else None
+    log = MetricsLog(metrics_path, start_step if checkpoint else None)
     autocast = _autocast(torch_device)
     last_step = min(steps, stop_at) if stop_at is not None else steps
     bar = tqdm(total=steps, initial=start_step, disable=not progress or not is_main, unit="step")
@@ -437,14 +438,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class MetricsLog:
-    """metrics.jsonl (appended on resume, replaced on a fresh run) plus the records in memory."""
+    """metrics.jsonl plus the records of this run in memory.
 
-    def __init__(self, path: Path | None, resume: bool) -> None:
+    A fresh run replaces the file. A resumed run keeps the lines up to the checkpoint's
+    step and appends after them: lines a crashed run wrote after its last checkpoint are
+    dropped, because the resumed run computes those steps again.
+    """
+
+    def __init__(self, path: Path | None, resume_step: int | None) -> None:
         self.records: list[dict[str, Any]] = []
         self.handle = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = open(path, "a" if resume else "w")  # noqa: SIM115 closed in close()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resume_step is not None and path.is_file():
+            for line in path.read_text().splitlines():
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step:
+                    kept.append(line + "\n")
+        self.handle = open(path, "w")  # noqa: SIM115 closed in close()
+        self.handle.writelines(kept)
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)

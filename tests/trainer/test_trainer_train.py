@@ -54,11 +54,15 @@ def test_resume_reproduces_losses(learnable, tmp_path):
     # 10 steps cross the 6-batch epoch, so the cursor moves into epoch 1 after the resume.
     straight = train(learnable, ckpt_dir=tmp_path / "straight", **settings)
     first = train(learnable, ckpt_dir=tmp_path / "resumed", stop_at=5, **settings)
+    # A crash after step 5's checkpoint left a line for step 6; the resumed run redoes it.
+    with open(tmp_path / "resumed" / "metrics.jsonl", "a") as metrics:
+        metrics.write(json.dumps({"step": 6, "loss": -1.0}) + "\n")
     second = train(learnable, ckpt_dir=tmp_path / "resumed", resume=True, **settings)
     assert [r["step"] for r in first + second] == list(range(1, 11))
     assert [r["loss"] for r in first + second] == [r["loss"] for r in straight]
     assert [r["lr"] for r in first + second] == [r["lr"] for r in straight]
-    assert [r["step"] for r in read_metrics(tmp_path / "resumed")] == list(range(1, 11))
+    lines = read_metrics(tmp_path / "resumed")
+    assert [r["step"] for r in lines] == list(range(1, 11)) and lines[5]["loss"] != -1.0
 
 
 def test_eval_lines_every_n_steps_and_at_the_end(learnable, tmp_path):
