@@ -5,7 +5,7 @@
 each with app_metadata JSON `{"epoch", "batch", "global_batch", "rank", "world_size",
 "config_version"}` (batch = this rank's batch index k, the cursor to reconnect with).
 The stream schema is `packed_schema(patch_size, seq_len, config_version at stream
-start)`; a later config change shows in each batch's app_metadata and schema metadata.
+start)`, sent once; the config version of each batch travels in its app_metadata.
 
 Backpressure: pyarrow's GeneratorStream asks the generator for the next batch only after
 gRPC accepted the previous one, and gRPC accepts only what the client's flow-control

@@ -346,17 +346,19 @@ class ServiceJob:
             current = self.history.latest
             if expected_version is not None and expected_version != current.version:
                 raise VersionMismatch(current.version)
-            config = current.config.replace(**changes)
-            changed = [k for k, v in config.to_dict().items() if v != current.config.to_dict()[k]]
+            # A schema field is refused before anything else: no value of it can apply.
             for name in SCHEMA_FIELDS:
-                if name in changed:
+                if name in changes and changes[name] != getattr(current.config, name):
                     raise ConfigConflict(
                         name,
                         f"{name} cannot change while the service runs: it fixes the Arrow "
                         f"schema of every live stream ({name}={getattr(current.config, name)}"
-                        f"); restart the service with --set {name}={getattr(config, name)} "
+                        f"); restart the service with --set {name}={changes[name]} "
                         "and a new --state-dir instead",
                     )
+            config = current.config.replace(**changes)
+            before = current.config.to_dict()
+            changed = [k for k, v in config.to_dict().items() if v != before[k]]
             if not changed:
                 return current, []
             self.check_runnable(config)

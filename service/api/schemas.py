@@ -45,7 +45,7 @@ PackingConfigModel = create_model(
 
 ConfigPatch = create_model(
     "ConfigPatch",
-    __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+    __config__=ConfigDict(extra="forbid", allow_inf_nan=False, strict=True),
     __doc__="A partial packing config: only the fields to change.",
     **_config_fields(optional=True),
 )
@@ -59,6 +59,10 @@ def patch_values(patch: BaseModel) -> dict[str, Any]:
 class ErrorResponse(BaseModel):
     detail: str
     field: str | None = None
+
+
+# Documented on every route that reads a body: FastAPI answers 400 to unparsable JSON.
+BAD_BODY = {400: {"model": ErrorResponse, "description": "the body is not valid JSON"}}
 
 
 class EffectiveFrom(BaseModel):
@@ -152,7 +156,9 @@ class StreamsOut(BaseModel):
 class TrainerReport(BaseModel):
     """What a trainer rank reports after a step: is it waiting for data?"""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # Strict: a JSON value of the wrong type is refused (no "5" -> 5, no false -> 0.0),
+    # so the API accepts exactly what its OpenAPI schema says.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     step: int = Field(ge=0, le=_SEED_MAX)
     step_time_s: float = Field(ge=0, description="wall time of the whole step")
@@ -166,7 +172,7 @@ class TrainerReport(BaseModel):
 
 
 class TrainerOut(TrainerReport):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=False)
 
     rank: int
     data_wait_fraction: float
@@ -205,7 +211,7 @@ class TimelineResponse(BaseModel):
 
 
 class SimulateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     config: ConfigPatch = Field(  # type: ignore[valid-type]
         default_factory=ConfigPatch, description="overrides of the current config"

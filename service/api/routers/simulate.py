@@ -8,7 +8,13 @@ from fastapi import APIRouter, HTTPException
 
 from packer.config import ConfigError
 from service.api.deps import Authorized, JobDep, config_error_422
-from service.api.schemas import ErrorResponse, SimulateRequest, SimulateResponse, patch_values
+from service.api.schemas import (
+    BAD_BODY,
+    ErrorResponse,
+    SimulateRequest,
+    SimulateResponse,
+    patch_values,
+)
 
 router = APIRouter(tags=["simulate"])
 
@@ -21,6 +27,7 @@ _one_at_a_time = threading.Semaphore(1)
     response_model=SimulateResponse,
     dependencies=[Authorized],
     responses={
+        **BAD_BODY,
         401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
         429: {"model": ErrorResponse, "description": "another simulation is running"},
     },

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from service.api.deps import Authorized, JobDep
-from service.api.schemas import ErrorResponse, TrainerOut, TrainerReport, TrainersResponse
+from service.api.schemas import BAD_BODY, ErrorResponse, TrainerOut, TrainerReport, TrainersResponse
 
 router = APIRouter(tags=["trainers"])
 
@@ -16,7 +16,10 @@ router = APIRouter(tags=["trainers"])
     "/trainers/{rank}/report",
     response_model=TrainerOut,
     dependencies=[Authorized],
-    responses={401: {"model": ErrorResponse, "description": "missing or wrong bearer token"}},
+    responses={
+        **BAD_BODY,
+        401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
+    },
 )
 def post_report(
     rank: Annotated[int, Path(ge=0, le=65535)], report: TrainerReport, job: JobDep
