@@ -219,6 +219,7 @@ def train(
         item = next(stream, None)
         data_wait = time.perf_counter() - step_begin
         if item is None:  # a finite stream ended early
+            warnings.warn(f"{source}: data ended after step {completed}", stacklevel=2)
             break
         (epoch, batch_index), batch = item
         _check_labels(batch, navit.config.num_classes)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import threading
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 from pyarrow import flight
-from trainer_synthetic import make_batch, random_layout, write_arrow
+from trainer_synthetic import ListFlightServer, make_batch, random_layout, write_arrow
 
-from packer.schema import PackedBatch, to_record_batch
+from packer.schema import PackedBatch
 from trainer.data import iter_batches, prefetch_in_thread, read_arrow_file, to_device
 
 SEQ_LEN = 32
@@ -76,43 +74,6 @@ def test_folder_missing_batch_file_is_an_error(tmp_path):
     (tmp_path / "epoch-000" / "batch-000001.arrow").unlink()
     with pytest.raises(ValueError, match="missing"):
         next(iter_batches(tmp_path, prefetch=0))
-
-
-class ListFlightServer(flight.FlightServerBase):
-    """Serves rank streams from per-epoch batch lists, like the packer service's do_get."""
-
-    def __init__(self, epochs: list[list[PackedBatch]], token: str) -> None:
-        self.token = token
-        super().__init__("grpc://127.0.0.1:0", middleware={"auth": TokenCheck(token)})
-        self.epochs = epochs
-        self.tickets: list[dict] = []
-
-    def do_get(self, context, ticket):
-        request = json.loads(ticket.ticket.decode())
-        self.tickets.append(request)
-        rank, world, epoch = request["rank"], request["world_size"], request["epoch"]
-        batches = self.epochs[epoch] if epoch < len(self.epochs) else []
-        shape = batches[0] if batches else self.epochs[0][0]
-        schema = to_record_batch(shape).schema
-
-        def stream():
-            for k in range(request["start_batch"], -(-len(batches) // world)):
-                j = k * world + rank
-                batch = batches[j] if j < len(batches) else PackedBatch.empty(2, SEQ_LEN, 4)
-                metadata = {"epoch": epoch, "batch": k, "config_version": 7}
-                yield to_record_batch(batch), pa.py_buffer(json.dumps(metadata).encode())
-
-        return flight.GeneratorStream(schema, stream())
-
-
-class TokenCheck(flight.ServerMiddlewareFactory):
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    def start_call(self, info, headers):
-        if headers.get("authorization") != [f"Bearer {self.token}"]:
-            raise flight.FlightUnauthenticatedError("missing or wrong bearer token")
-        return None
 
 
 def test_flight_client_reads_rank_stream():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_synthetic import write_learnable_folder
+from trainer_synthetic import ListFlightServer, learnable_batches, write_learnable_folder
 
-from trainer.train import add_train_arguments, train
+from trainer.train import add_train_arguments, run_train, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -125,9 +126,28 @@ def test_two_ranks_stay_in_lockstep_through_padding_batches(tmp_path):
     assert not (tmp_path / "rank1" / "checkpoint.pt").exists()  # rank 0 writes files
 
 
-def test_parser_has_the_documented_flags():
-    import argparse
+def test_run_train_from_flight_with_token_from_env(tmp_path, monkeypatch):
+    server = ListFlightServer([learnable_batches(3, seq_len=32)], token="t0k")
+    try:
+        monkeypatch.setenv("NAVIT_TOKEN", "t0k")
+        parser = argparse.ArgumentParser()
+        add_train_arguments(parser)
+        argv = ["--source", f"grpc://127.0.0.1:{server.port}", "--steps", "4"]
+        argv += ["--ckpt", str(tmp_path), "--num-classes", "4", "--no-progress"]
+        with pytest.warns(UserWarning, match="ended after step 3"):
+            assert run_train(parser.parse_args(argv)) == 0
+    finally:
+        server.shutdown()
+    lines = read_metrics(tmp_path)
+    # The server has only epoch 0: after its 3 batches the client asks for epoch 1, gets
+    # an empty stream, and the run ends early at step 3 (with a warning and a checkpoint).
+    assert [(r["epoch"], r["next_batch"]) for r in lines] == [(0, 1), (0, 2), (0, 3)]
+    assert all(r["config_version"] == 7 for r in lines)
+    assert server.tickets[0] == {"rank": 0, "world_size": 1, "epoch": 0, "start_batch": 0}
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 3
 
+
+def test_parser_has_the_documented_flags():
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
     args = parser.parse_args(["--source", "grpc://h:1", "--steps", "5", "--resume"])

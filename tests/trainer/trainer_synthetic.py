@@ -6,10 +6,12 @@ sequence 0 and a 3x3 image into sequence 1, padding each sequence at the tail.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from pyarrow import flight
 
 from packer.schema import PackedBatch, to_record_batch
 
@@ -99,18 +101,65 @@ def random_layout(rng: np.random.Generator, num_sequences: int, seq_len: int) ->
     return layout
 
 
+def learnable_batches(
+    count: int, num_sequences: int = 4, seq_len: int = 64, seed: int = 0
+) -> list[PackedBatch]:
+    """Packed batches whose 4 classes are colours, so a tiny model learns them fast."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(count):
+        layout = random_layout(rng, num_sequences, seq_len)
+        labels = [int(x) for x in rng.integers(0, 4, sum(len(s) for s in layout))]
+        image_seed = int(rng.integers(1 << 30))
+        batches.append(make_batch(layout, seq_len, seed=image_seed, labels=labels, learnable=True))
+    return batches
+
+
 def write_learnable_folder(
     root: Path, epochs: int, batches: int, num_sequences: int = 4, seq_len: int = 64, seed: int = 0
 ) -> Path:
-    """DIR/epoch-{e:03d}/batch-{j:06d}.arrow with colour-coded classes (4 classes)."""
-    rng = np.random.default_rng(seed)
+    """DIR/epoch-{e:03d}/batch-{j:06d}.arrow of `learnable_batches`."""
+    packed = learnable_batches(epochs * batches, num_sequences, seq_len, seed)
     for epoch in range(epochs):
         for j in range(batches):
-            layout = random_layout(rng, num_sequences, seq_len)
-            count = sum(len(s) for s in layout)
-            labels = [int(x) for x in rng.integers(0, 4, count)]
-            batch = make_batch(
-                layout, seq_len, seed=int(rng.integers(1 << 30)), labels=labels, learnable=True
-            )
-            write_arrow(batch, root / f"epoch-{epoch:03d}" / f"batch-{j:06d}.arrow")
+            path = root / f"epoch-{epoch:03d}" / f"batch-{j:06d}.arrow"
+            write_arrow(packed[epoch * batches + j], path)
     return root
+
+
+class ListFlightServer(flight.FlightServerBase):
+    """Serves rank streams from per-epoch batch lists, like the packer service's do_get."""
+
+    def __init__(self, epochs: list[list[PackedBatch]], token: str) -> None:
+        self.token = token
+        super().__init__("grpc://127.0.0.1:0", middleware={"auth": TokenCheck(token)})
+        self.epochs = epochs
+        self.tickets: list[dict] = []
+
+    def do_get(self, context, ticket):
+        request = json.loads(ticket.ticket.decode())
+        self.tickets.append(request)
+        rank, world, epoch = request["rank"], request["world_size"], request["epoch"]
+        batches = self.epochs[epoch] if epoch < len(self.epochs) else []
+        shape = batches[0] if batches else self.epochs[0][0]
+        schema = to_record_batch(shape).schema
+        padding_shape = (shape.num_sequences, shape.seq_len, shape.patch_size)
+
+        def stream():
+            for k in range(request["start_batch"], -(-len(batches) // world)):
+                j = k * world + rank
+                batch = batches[j] if j < len(batches) else PackedBatch.empty(*padding_shape)
+                metadata = {"epoch": epoch, "batch": k, "config_version": 7}
+                yield to_record_batch(batch), pa.py_buffer(json.dumps(metadata).encode())
+
+        return flight.GeneratorStream(schema, stream())
+
+
+class TokenCheck(flight.ServerMiddlewareFactory):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def start_call(self, info, headers):
+        if headers.get("authorization") != [f"Bearer {self.token}"]:
+            raise flight.FlightUnauthenticatedError("missing or wrong bearer token")
+        return None
