@@ -279,8 +279,9 @@ class ServiceJob:
 
     @property
     def config_version(self) -> ConfigVersion:
-        with self._lock:
-            return self.history.latest
+        # No lock: reading the last entry is atomic, and the planner lock may be held for a
+        # whole window's planning, which a GET /config should not wait for.
+        return self.history.entries[-1]
 
     @property
     def patch_size(self) -> int:
@@ -681,7 +682,7 @@ class ServiceJob:
         current = self.config_version
         packing = self.stats.packing()
         by_version = self.stats.by_version()
-        configs = {e.version: e for e in self.history.entries}
+        configs = {e.version: e for e in list(self.history.entries)}
         with self._status_lock:
             active = len(self._streams)
             max_seen = max((s.max_in_flight_seen for s in self._streams.values()), default=0)

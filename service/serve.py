@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 import uvicorn
 
-from packer.config import PackingConfig
+from packer.config import ConfigError, PackingConfig
 from service.api.main import create_app
 from service.flight import PackedFlightServer
 from service.job import JobOptions, ServiceJob
@@ -178,18 +178,19 @@ def start_service(
     app = create_app(settings, None, token)
     api = _ApiServer(app, settings)
     api.start()
-    started: list[Any] = [api]
+    owns_ray = False
     try:
+        # The index first: a wrong dataset path fails in a second, before Ray starts.
+        if index is None:
+            from packer.index import load_index
+
+            index = load_index(settings.dataset, cache_dir=settings.index_cache_dir)
         import ray
 
         from packer.pipeline import init_ray
 
         owns_ray = not ray.is_initialized()
         init_ray(settings.ray_address, settings.ray_num_cpus)
-        if index is None:
-            from packer.index import load_index
-
-            index = load_index(settings.dataset, cache_dir=settings.index_cache_dir)
         state = StateStore(settings.state_dir)
         options = JobOptions(
             max_in_flight=settings.max_in_flight,
@@ -201,21 +202,24 @@ def start_service(
         )
         try:
             job = ServiceJob(index, config, state, dataset=settings.dataset, options=options)
-        except Exception:
+            flight_server = PackedFlightServer(
+                job,
+                settings.host,
+                settings.flight_port,
+                token=token,
+                tls_cert=settings.tls_cert,
+                tls_key=settings.tls_key,
+            )
+        except BaseException:
             state.close()
             raise
-        flight_server = PackedFlightServer(
-            job,
-            settings.host,
-            settings.flight_port,
-            token=token,
-            tls_cert=settings.tls_cert,
-            tls_key=settings.tls_key,
-        )
         app.state.job = job
     except BaseException:
-        for part in started:
-            part.stop(settings.shutdown_timeout_s)
+        api.stop(settings.shutdown_timeout_s)
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
         raise
     return ServiceHandle(
         settings=settings,
@@ -281,16 +285,26 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    try:
+        handle = start_service(settings)
+    except ConfigError:
+        raise  # the CLI prints it as an invalid config
+    except (ValueError, OSError) as error:
+        # A missing dataset, a state dir of another dataset, a port in use: say so plainly.
+        print(f"navit serve: {error}", file=sys.stderr)
+        return 2
+    # After start_service: ray.init installs its own SIGTERM handler, which would exit
+    # without stopping the streams and saving the cursors.
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    handle = start_service(settings)
     print(json.dumps({"serving": handle.describe()}), flush=True)
     try:
         while not stop.wait(0.5):
             pass
     finally:
         handle.stop()
+    log.info("stopped")
     return 0
 
 
@@ -298,8 +312,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.serve", description=__doc__)
     add_serve_arguments(parser)
     args = parser.parse_args(argv)
-    from packer.config import ConfigError
-
     try:
         return run_serve(args)
     except ConfigError as error:

@@ -1,4 +1,9 @@
-"""Request dependencies: the running job, the settings, and bearer-token auth."""
+"""Request dependencies: the running job, the settings, and bearer-token auth.
+
+They are `async def` because they never block: FastAPI runs a plain `def` dependency in
+its thread pool, a thread hop per request that costs latency when the streaming threads
+keep the GIL busy.
+"""
 
 from __future__ import annotations
 
@@ -15,18 +20,18 @@ from service.settings import ServiceSettings
 _bearer = HTTPBearer(auto_error=False, description="the service token (--token-file, NAVIT_TOKEN)")
 
 
-def get_settings(request: Request) -> ServiceSettings:
+async def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
-def get_job(request: Request) -> ServiceJob:
+async def get_job(request: Request) -> ServiceJob:
     job = request.app.state.job
     if job is None:
         raise HTTPException(503, "the service is starting (loading the index, starting Ray)")
     return job
 
 
-def require_token(
+async def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

@@ -48,13 +48,13 @@ def _response(job: ServiceJob, entry: ConfigVersion, changed: list[str]) -> Conf
                 "window": e.window,
                 "config": e.config.to_dict(),
             }
-            for e in job.history.entries
+            for e in list(job.history.entries)
         ],
     )
 
 
 @router.get("/config", response_model=ConfigResponse)
-def get_config(job: JobDep, response: Response) -> ConfigResponse:
+async def get_config(job: JobDep, response: Response) -> ConfigResponse:
     """The current packing config and its version (also the ETag)."""
     entry = job.config_version
     response.headers["ETag"] = etag(entry.version)

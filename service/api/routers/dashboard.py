@@ -28,6 +28,6 @@ def dashboard_js() -> FileResponse:
 
 
 @router.get("/sequences/recent", response_model=SequencesResponse)
-def recent_sequences(job: JobDep, limit: Annotated[int, Query(ge=1, le=1024)] = 12) -> dict:
+async def recent_sequences(job: JobDep, limit: Annotated[int, Query(ge=1, le=1024)] = 12) -> dict:
     """The last packed sequences sent: each image's span of tokens (the rest is padding)."""
     return {"sequences": job.recent_sequences(limit)}

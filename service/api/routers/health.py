@@ -11,7 +11,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=HealthResponse)
-def healthz() -> HealthResponse:
+async def healthz() -> HealthResponse:
     """The process serves HTTP."""
     return HealthResponse(status="ok")
 
@@ -27,7 +27,7 @@ def _ray_up() -> bool:
     response_model=ReadyResponse,
     responses={503: {"model": ReadyResponse, "description": "not ready yet"}},
 )
-def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> JSONResponse:
     """Ready once the index is loaded and Ray is up: then streams can start."""
     index_loaded = request.app.state.job is not None
     ray_up = _ray_up()

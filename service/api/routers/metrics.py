@@ -126,6 +126,6 @@ async def count_requests(
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-def metrics(request: Request) -> Response:
+async def metrics(request: Request) -> Response:
     """Prometheus exposition of the job and the control plane."""
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

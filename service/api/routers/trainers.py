@@ -30,5 +30,5 @@ def post_report(
 
 
 @router.get("/trainers", response_model=TrainersResponse)
-def get_trainers(job: JobDep) -> dict:
+async def get_trainers(job: JobDep) -> dict:
     return {"trainers": job.trainers()}

@@ -1,0 +1,334 @@
+"""Service benchmark: Flight transport against a raw Arrow IPC socket, and control-plane
+latency while the pipeline streams at full speed. Prints JSON.
+
+    .venv/bin/python bench/bench_service.py [--batches 240] [--repeats 3] [--images 300]
+
+Transport. Decoding images would dominate an end-to-end measure, so both transports
+serve the same pre-filled batches: a few real batches are filled once from sample data
+(seq_len 1024, batch_size 8, patch 16: about 6.3 MB each) and replayed. Flight runs the
+service's own server class (`service.flight.PackedFlightServer`: ticket parsing,
+GeneratorStream with per-batch app_metadata, the same code path as `navit serve`) over
+`service.replay.ReplaySource` instead of the Ray fill. The baseline is a bare TCP server
+in the same process writing the same record batches with `pa.ipc.new_stream`. Clients
+are separate processes (so they do not share the server's GIL) reading every batch;
+GB/s counts the record batches' Arrow bytes. One client reads `--batches` batches; two
+clients read half each, as ranks 0 and 1 (Flight) or two connections (raw socket).
+Flight and raw runs alternate and the median of `--repeats` is reported.
+
+Control plane. `start_service` on a generated sample dataset with the embedded Ray;
+two client processes drain ranks 0 and 1 epoch after epoch while this process times
+GET /stats and GET /config (sequential requests, p50/p90/p99/max in ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+OUT = Path(__file__).parent / "out"
+
+
+# -- pre-filled batches ------------------------------------------------------------------
+
+
+def prefilled_batches(dataset: Path, count: int) -> list[pa.RecordBatch]:
+    """`count` real batches of the transport config, filled once in this process."""
+    from packer.config import PackingConfig
+    from packer.index import load_index
+    from packer.pipeline import fill_to_ipc
+    from packer.plan import ConfigHistory, EpochPlanner
+
+    config = PackingConfig(seq_len=1024, batch_size=8, max_res=384, pack_window=256)
+    index = load_index(str(dataset), cache_dir=OUT / "index-cache")
+    planner = EpochPlanner(index, ConfigHistory.start(config), 0)
+    batches = []
+    for plan in planner.iter_batches():
+        if plan.num_images and len(batches) < count:
+            batches.append(fill_to_ipc(plan).record_batch())
+    return batches
+
+
+def sample_dataset(images: int) -> Path:
+    from packer.sample_data import write_sample_dataset
+
+    folder = OUT / f"service-sample-{images}"
+    if not folder.exists() or sum(1 for _ in folder.rglob("*.jpg")) < images:
+        write_sample_dataset(folder, images, seed=0)
+    return folder
+
+
+# -- raw Arrow IPC socket baseline -------------------------------------------------------
+
+
+class RawIpcServer:
+    """Per connection: read one JSON line {"count": n, "offset": k}, then write batches
+    offset, offset+1, ... (cyclically) as one Arrow IPC stream, and close."""
+
+    def __init__(self, batches: list[pa.RecordBatch]) -> None:
+        self.batches = batches
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rwb") as stream:
+            request = json.loads(stream.readline())
+            schema = self.batches[0].schema
+            with pa.ipc.new_stream(stream, schema) as writer:
+                for i in range(request["count"]):
+                    j = request["offset"] + i * request["step"]
+                    writer.write_batch(self.batches[j % len(self.batches)])
+            stream.flush()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# -- client processes --------------------------------------------------------------------
+
+
+def _flight_client(location: str, ticket: bytes, start, results) -> None:
+    client = flight.connect(location)
+    start.wait()
+    began = time.time()
+    reader = client.do_get(flight.Ticket(ticket))
+    nbytes = batches = 0
+    while True:
+        try:
+            chunk = reader.read_chunk()
+        except StopIteration:
+            break
+        nbytes += chunk.data.nbytes
+        batches += 1
+    results.put((began, time.time(), nbytes, batches))
+    client.close()
+
+
+def _raw_client(port: int, request: dict, start, results) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    start.wait()
+    began = time.time()
+    with sock, sock.makefile("rwb") as stream:
+        stream.write((json.dumps(request) + "\n").encode())
+        stream.flush()
+        reader = pa.ipc.open_stream(stream)
+        nbytes = batches = 0
+        for batch in reader:
+            nbytes += batch.nbytes
+            batches += 1
+    results.put((began, time.time(), nbytes, batches))
+
+
+def _run_clients(targets: list[tuple]) -> dict:
+    context = mp.get_context("spawn")
+    start = context.Event()
+    results = context.Queue()
+    processes = [context.Process(target=f, args=(*args, start, results)) for f, args in targets]
+    for p in processes:
+        p.start()
+    time.sleep(1.0)  # let every client import pyarrow and connect before the clock starts
+    start.set()
+    outcomes = [results.get(timeout=600) for _ in processes]
+    for p in processes:
+        p.join()
+    began = min(o[0] for o in outcomes)
+    ended = max(o[1] for o in outcomes)
+    nbytes = sum(o[2] for o in outcomes)
+    batches = sum(o[3] for o in outcomes)
+    seconds = ended - began
+    return {
+        "seconds": round(seconds, 3),
+        "batches": batches,
+        "gb_per_s": round(nbytes / seconds / 1e9, 3),
+        "batches_per_s": round(batches / seconds, 1),
+    }
+
+
+def bench_transport(batches: list[pa.RecordBatch], total: int, repeats: int) -> dict:
+    from service.flight import PackedFlightServer
+    from service.job import StreamTicket
+    from service.replay import ReplaySource
+
+    server = PackedFlightServer(ReplaySource(batches, batches_per_epoch=total), "127.0.0.1", 0)
+    location = f"grpc+tcp://127.0.0.1:{server.port}"
+    raw = RawIpcServer(batches)
+    report: dict = {
+        "batch_bytes": int(statistics.mean(b.nbytes for b in batches)),
+        "distinct_batches": len(batches),
+        "batches_per_run": total,
+    }
+    try:
+        for clients in (1, 2):
+            flight_targets = [
+                (_flight_client, (location, StreamTicket(r, clients, 0, 0).to_bytes()))
+                for r in range(clients)
+            ]
+            raw_targets = [
+                (_raw_client, (raw.port, {"count": total // clients, "offset": r, "step": clients}))
+                for r in range(clients)
+            ]
+            runs: dict[str, list[dict]] = {"flight": [], "raw_socket": []}
+            for _ in range(repeats):
+                runs["flight"].append(_run_clients(flight_targets))
+                runs["raw_socket"].append(_run_clients(raw_targets))
+            summary = {}
+            for name, results in runs.items():
+                best = sorted(results, key=lambda r: r["gb_per_s"])[len(results) // 2]
+                summary[name] = {**best, "all_gb_per_s": [r["gb_per_s"] for r in results]}
+            summary["flight_vs_raw"] = round(
+                summary["flight"]["gb_per_s"] / summary["raw_socket"]["gb_per_s"], 3
+            )
+            report[f"{clients}_client" + ("s" if clients > 1 else "")] = summary
+    finally:
+        raw.close()
+        server.shutdown()
+    return report
+
+
+# -- control plane under load ------------------------------------------------------------
+
+
+def _drain_rank(location: str, rank: int, world_size: int, stop, results) -> None:
+    client = flight.connect(location)
+    batches = epoch = 0
+    while not stop.is_set():
+        ticket = json.dumps({"rank": rank, "world_size": world_size, "epoch": epoch})
+        reader = client.do_get(flight.Ticket(ticket.encode()))
+        while not stop.is_set():
+            try:
+                reader.read_chunk()
+            except StopIteration:
+                break
+            batches += 1
+        epoch += 1
+    results.put(batches)
+    client.close()
+
+
+def _percentiles(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {
+        "requests": len(ordered),
+        "p50_ms": at(0.50),
+        "p90_ms": at(0.90),
+        "p99_ms": at(0.99),
+        "max_ms": round(1000 * ordered[-1], 2),
+    }
+
+
+def bench_control_plane(dataset: Path, requests: int, cpus: int) -> dict:
+    import httpx
+
+    from packer.config import PackingConfig
+    from service.serve import start_service
+
+    config = PackingConfig(seq_len=1024, batch_size=4, max_res=384, pack_window=256)
+    with tempfile.TemporaryDirectory() as state_dir:
+        handle = start_service(
+            dataset=str(dataset),
+            config=config,
+            api_port=0,
+            flight_port=0,
+            state_dir=state_dir,
+            index_cache_dir=OUT / "index-cache",
+            ray_num_cpus=cpus,
+            log_level="warning",
+        )
+        context = mp.get_context("spawn")
+        stop = context.Event()
+        results = context.Queue()
+        drainers = [
+            context.Process(target=_drain_rank, args=(handle.flight_location, r, 2, stop, results))
+            for r in range(2)
+        ]
+        try:
+            for p in drainers:
+                p.start()
+            with httpx.Client(base_url=handle.api_url, timeout=30) as http:
+                # Wait until batches flow, so the timings are taken under load.
+                while http.get("/stats").json()["packing"]["batches"] < 4:
+                    time.sleep(0.2)
+                before = http.get("/stats").json()["throughput"]["run"]
+                latencies: dict[str, list[float]] = {"/stats": [], "/config": []}
+                for _ in range(requests):
+                    for path, samples in latencies.items():
+                        began = time.perf_counter()
+                        http.get(path).raise_for_status()
+                        samples.append(time.perf_counter() - began)
+                after = http.get("/stats").json()["throughput"]["run"]
+        finally:
+            stop.set()
+            delivered = [results.get(timeout=120) for _ in drainers]
+            for p in drainers:
+                p.join(timeout=60)
+            handle.stop()
+    seconds = after["seconds"] - before["seconds"]
+    return {
+        "GET /stats": _percentiles(latencies["/stats"]),
+        "GET /config": _percentiles(latencies["/config"]),
+        "during_measurement": {
+            "seconds": round(seconds, 2),
+            "batches_per_s": round((after["batches"] - before["batches"]) / seconds, 2),
+            "images_per_s": round((after["images"] - before["images"]) / seconds, 1),
+            "mb_per_s": round((after["bytes"] - before["bytes"]) / seconds / 1e6, 1),
+        },
+        "batches_read_by_clients": delivered,
+        "ray_cpus": cpus,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=240, help="batches per transport run")
+    parser.add_argument("--distinct", type=int, default=6, help="pre-filled batches replayed")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=300, help="sample dataset size")
+    parser.add_argument("--requests", type=int, default=300, help="requests per endpoint")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the embedded Ray")
+    parser.add_argument("--skip-control-plane", action="store_true")
+    args = parser.parse_args()
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    dataset = sample_dataset(args.images)
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "pyarrow": pa.__version__,
+        },
+        "transport": bench_transport(
+            prefilled_batches(dataset, args.distinct), args.batches, args.repeats
+        ),
+    }
+    if not args.skip_control_plane:
+        report["control_plane"] = bench_control_plane(dataset, args.requests, args.cpus)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
