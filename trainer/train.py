@@ -227,7 +227,7 @@ def train(
         labels = tensors.pop("labels")
         with autocast:
             logits = step_model(**{name: tensors[name] for name in MODEL_INPUTS})
-        loss, correct = classification_loss(logits, labels)
+        loss, correct = classification_loss(logits, labels, int((batch.labels >= 0).sum()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
@@ -265,19 +265,21 @@ def train(
 # Loss, schedule, optimizer
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, Any]:
+def classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_labelled: int
+) -> tuple[torch.Tensor, torch.Tensor | int]:
     """Mean cross entropy over labelled images (label -1 = none) and the correct count.
 
-    A batch without labelled images (an all-padding batch from rank equalisation) gives
+    `num_labelled` comes from the host-side labels, so no device sync is needed here. A
+    batch without labelled images (an all-padding batch from rank equalisation) gives
     loss 0 * sum(logits): zero, but with every parameter in the graph, so backward runs
     and DDP's gradient all-reduce stays in lockstep with the other ranks.
     """
     logits = logits.float()  # [N, C]
-    labelled = labels >= 0  # [N]
-    if labels.numel() == 0 or not bool(labelled.any()):
+    if num_labelled == 0:
         return logits.sum() * 0.0, 0
     loss = F.cross_entropy(logits, labels, ignore_index=-1)
-    correct = ((logits.argmax(-1) == labels) & labelled).sum()
+    correct = (logits.argmax(-1) == labels).sum()  # label -1 never equals an argmax
     return loss, correct
 
 
