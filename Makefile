@@ -37,9 +37,14 @@ $(SAMPLE): | venv
 pretrain: venv $(SAMPLE)
 	$(BIN)/navit pack $(SAMPLE) --out runs/pack --epochs 1
 
+# vit-pytorch is the training benchmark's baseline; --no-deps keeps it from pulling a
+# torchvision built for another torch (bench_train loads its na_vit.py alone).
 bench: venv
+	$(BIN)/pip install --quiet --no-deps vit-pytorch einops
 	$(BIN)/python bench/bench_packing.py
 	$(BIN)/python bench/bench_pipeline.py
+	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_service.py
 
 lint: venv
 	$(BIN)/ruff check .

@@ -79,7 +79,7 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
 def run_pack(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from packer.index import index_stats, load_index
+    from packer.index import index_class_names, index_stats, load_index
     from packer.pipeline import init_ray, pack_to_dir
 
     config = config_from_args(args)
@@ -104,6 +104,10 @@ def run_pack(args: argparse.Namespace) -> int:
         "stats": stats,
     }
     (args.out / "stats.json").write_text(json.dumps(report, indent=2))
+    class_names = index_class_names(index)
+    if class_names:
+        # `navit train --source OUT` reads the class count from here.
+        (args.out / "classes.json").write_text(json.dumps(class_names))
     if args.json:
         print(json.dumps(stats, indent=2))
     else:

@@ -101,3 +101,5 @@ def test_same_seed_gives_identical_batches_with_one_and_two_ray_cpus(sample, tmp
         assert a.read_bytes() == b.read_bytes()
     report = json.loads((tmp_path / "one" / "stats.json").read_text())
     assert report["stats"]["images_packed"] == 40
+    classes = json.loads((tmp_path / "one" / "classes.json").read_text())
+    assert classes == ["checkers", "circles", "squares", "stripes"]
