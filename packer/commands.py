@@ -72,6 +72,9 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--ray-address", default=None, help="Ray cluster address (default: local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="fill tasks at once (default: all CPUs)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the stats as JSON only")
 
@@ -93,7 +96,9 @@ def run_pack(args: argparse.Namespace) -> int:
     def on_batch(filled) -> None:
         progress.update(1)
 
-    stats = pack_to_dir(index, history, args.out, args.epochs, on_batch=on_batch).to_dict()
+    stats = pack_to_dir(
+        index, history, args.out, args.epochs, on_batch=on_batch, concurrency=args.concurrency
+    ).to_dict()
     progress.close()
     report = {
         "dataset": str(args.dataset),
@@ -132,5 +137,3 @@ def _print_stats(title: str, stats: dict) -> None:
     )
     if stats.get("images_per_s"):
         print(f"  throughput: {stats['images_per_s']} images/s, {stats['tokens_per_s']} tokens/s")
-
-

@@ -94,8 +94,13 @@ def _fill_block(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def fill_with_ray_data(plans: list[BatchPlan]) -> Iterator[FilledBatch]:
-    """Fill plans with a Ray Data map; yields them in plan order."""
+def fill_with_ray_data(
+    plans: list[BatchPlan], concurrency: int | None = None
+) -> Iterator[FilledBatch]:
+    """Fill plans with a Ray Data map; yields them in plan order.
+
+    `concurrency` caps the fill tasks running at once (default: as many as Ray has CPUs).
+    """
     import ray.data
 
     if not plans:
@@ -105,7 +110,9 @@ def fill_with_ray_data(plans: list[BatchPlan]) -> Iterator[FilledBatch]:
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
     dataset = ray.data.from_items([{"plan": p} for p in plans], override_num_blocks=len(plans))
-    dataset = dataset.map_batches(_fill_block, batch_size=None, batch_format="numpy")
+    dataset = dataset.map_batches(
+        _fill_block, batch_size=None, batch_format="numpy", concurrency=concurrency
+    )
     by_batch = {p.batch: p for p in plans}
     for row in dataset.iter_rows():
         plan = by_batch[int(row["batch"])]
@@ -147,6 +154,7 @@ def pack_to_dir(
     out_dir: str | Path,
     epochs: int = 1,
     on_batch: Callable[[FilledBatch], None] | None = None,
+    concurrency: int | None = None,
 ) -> PackingStats:
     """Plan and fill `epochs` epochs into Arrow IPC files; returns the delivered stats.
 
@@ -175,7 +183,7 @@ def pack_to_dir(
             planner = EpochPlanner(index, history, epoch)
             plans = list(planner.iter_batches())
             by_batch = {p.batch: p for p in plans}
-            for filled in fill_with_ray_data(plans):
+            for filled in fill_with_ray_data(plans, concurrency):
                 path = batch_path(out, filled.epoch, filled.batch)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(filled.ipc)
