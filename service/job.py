@@ -184,6 +184,58 @@ class Delivered:
         return json.dumps(self.metadata).encode()
 
 
+@dataclass(frozen=True)
+class _RecentBatch:
+    """The token layout of a batch sent lately: what the dashboard draws."""
+
+    epoch: int
+    rank: int
+    batch: int
+    global_batch: int
+    config_version: int
+    segment_ids: np.ndarray  # [B, L] int32
+    images_per_seq: np.ndarray  # [B]
+    image_ids: list[str]
+    labels: np.ndarray  # [N]
+
+    def sequences(self) -> list[dict[str, Any]]:
+        out = []
+        image = 0
+        seq_len = int(self.segment_ids.shape[1])
+        for row, n in enumerate(self.images_per_seq.tolist()):
+            if n == 0:
+                continue
+            lengths = np.bincount(self.segment_ids[row], minlength=n + 1)[1:].tolist()
+            start = 0
+            segments = []
+            for slot, length in enumerate(lengths):
+                segments.append(
+                    {
+                        "slot": slot + 1,
+                        "start": start,
+                        "length": length,
+                        "image_id": self.image_ids[image + slot],
+                        "label": int(self.labels[image + slot]),
+                    }
+                )
+                start += length
+            out.append(
+                {
+                    "epoch": self.epoch,
+                    "rank": self.rank,
+                    "batch": self.batch,
+                    "global_batch": self.global_batch,
+                    "row": row,
+                    "config_version": self.config_version,
+                    "seq_len": seq_len,
+                    "real_tokens": start,
+                    "segments": segments,
+                }
+            )
+            image += n
+        return out
+
+
 def index_fingerprint(index: pa.Table) -> str:
     """A digest of the image ids, sizes and header errors: what planning depends on."""
     columns = index.select(["image_id", "width", "height", "key", "error"])
@@ -235,7 +287,7 @@ class ServiceJob:
         self._closed_streams: deque[StreamStatus] = deque(maxlen=32)
         self._next_stream_id = 1
         self._positions: dict[tuple[int, int], _RankPosition] = {}
-        self._recent: deque[dict] = deque(maxlen=self.options.recent_sequences)
+        self._recent: deque[_RecentBatch] = deque(maxlen=self.options.recent_sequences)
         self._trainers: dict[int, dict] = {}
         self._status_lock = threading.Lock()  # streams, positions, recent, trainers
         errors = index.column("error").to_pylist()
@@ -548,42 +600,23 @@ class ServiceJob:
         self.stats.add_delivered(
             plan, packed, [reason for _, reason, _ in filled.rejected], record_batch.nbytes
         )
-        sequences = []
-        lengths_per_row = [
-            np.bincount(row, minlength=n + 1)[1:]
-            for row, n in zip(packed.segment_ids, packed.images_per_seq.tolist(), strict=True)
-        ]
-        image = 0
-        for row, lengths in enumerate(lengths_per_row):
-            n = len(lengths)
-            if n == 0:
-                continue
-            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-            sequences.append(
-                {
-                    "epoch": ticket.epoch,
-                    "rank": ticket.rank,
-                    "batch": k,
-                    "global_batch": plan.batch,
-                    "row": row,
-                    "config_version": plan.config_version,
-                    "seq_len": packed.seq_len,
-                    "real_tokens": int(lengths.sum()),
-                    "segments": [
-                        {
-                            "slot": slot + 1,
-                            "start": int(starts[slot]),
-                            "length": int(lengths[slot]),
-                            "image_id": packed.image_ids[image + slot],
-                            "label": int(packed.labels[image + slot]),
-                        }
-                        for slot in range(n)
-                    ],
-                }
-            )
-            image += n
+        if not packed.num_images:
+            return  # an all-padding batch: nothing to draw
+        # Keep only the small per-token layout (a copy: a view would pin the whole batch,
+        # pixels included); the dashboard's dicts are built when it asks.
+        recent = _RecentBatch(
+            epoch=ticket.epoch,
+            rank=ticket.rank,
+            batch=k,
+            global_batch=plan.batch,
+            config_version=plan.config_version,
+            segment_ids=packed.segment_ids.copy(),
+            images_per_seq=packed.images_per_seq.copy(),
+            image_ids=list(packed.image_ids),
+            labels=packed.labels.copy(),
+        )
         with self._status_lock:
-            self._recent.extend(sequences)
+            self._recent.append(recent)
 
     def _advance_position(self, ticket: StreamTicket, next_batch: int, now: float) -> None:
         with self._status_lock:
@@ -648,9 +681,16 @@ class ServiceJob:
             ]
 
     def recent_sequences(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The last `limit` packed sequences sent, oldest first, with each image's span."""
+        limit = limit or self.options.recent_sequences
         with self._status_lock:
-            recent = list(self._recent)
-        return recent[-limit:] if limit else recent
+            batches = list(self._recent)
+        sequences: list[dict[str, Any]] = []
+        for recent in reversed(batches):
+            sequences[:0] = recent.sequences()
+            if len(sequences) >= limit:
+                break
+        return sequences[-limit:]
 
     def report_trainer(self, rank: int, report: dict[str, Any]) -> dict[str, Any]:
         step_time = report.get("step_time_s") or 0.0
