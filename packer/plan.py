@@ -15,6 +15,7 @@ fill step's job (packer.fill); nothing here reads an image.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -166,10 +167,19 @@ class _Sequence:
 class EpochPlanner:
     """Plans one epoch's batches lazily, window by window. Deterministic given its inputs.
 
+    Memory stays bounded whatever the epoch's size: only the latest `max_kept_batches`
+    plans are kept, and asking for an older one replays the epoch's plan from its start
+    in a fresh planner (same inputs, same batches), as a trainer resuming far back needs.
+
     Not thread-safe: the service guards a shared planner with a lock.
     """
 
-    def __init__(self, index: pa.Table, history: ConfigHistory, epoch: int) -> None:
+    def __init__(
+        self, index: pa.Table, history: ConfigHistory, epoch: int, max_kept_batches: int = 4096
+    ) -> None:
+        if max_kept_batches < 1:
+            raise ValueError(f"max_kept_batches must be positive, got {max_kept_batches}")
+        self.max_kept_batches = max_kept_batches
         self.index = index
         self.history = history
         self.epoch = epoch
@@ -186,7 +196,8 @@ class EpochPlanner:
         self._carry: list[Bin] = []
         self._carry_version = 0
         self._pending: list[_Sequence] = []  # finished sequences not yet in a batch
-        self._batches: list[BatchPlan] = []
+        self._batches: OrderedDict[int, BatchPlan] = OrderedDict()  # the latest plans
+        self._num_batches = 0  # batches planned so far
         self._done = False
         self._num_sequences = 0
         self._images = {}  # row -> (grid_h, grid_w, num_kept) for rows in open bins
@@ -206,15 +217,25 @@ class EpochPlanner:
 
     def batch(self, j: int) -> BatchPlan | None:
         """Global batch j of the epoch, or None when the epoch has fewer batches."""
-        while len(self._batches) <= j and not self._done:
+        while self._num_batches <= j and not self._done:
             self._plan_window()
-        return self._batches[j] if j < len(self._batches) else None
+        if j >= self._num_batches:
+            return None
+        plan = self._batches.get(j)
+        if plan is None:  # forgotten to bound memory: regenerate it
+            replay = EpochPlanner(self.index, self.history, self.epoch, self.max_kept_batches)
+            return replay.batch(j)
+        # Forget the oldest plans, never j itself: the cache holds at most max_kept_batches
+        # plus the batches of the window that produced j.
+        while len(self._batches) > self.max_kept_batches and next(iter(self._batches)) < j:
+            self._batches.popitem(last=False)
+        return plan
 
     def num_batches(self) -> int:
         """The epoch's batch count (plans every remaining window)."""
         while not self._done:
             self._plan_window()
-        return len(self._batches)
+        return self._num_batches
 
     def rank_batch(self, rank: int, world_size: int, k: int) -> BatchPlan | None:
         """Batch k of `rank`'s stream: global batch k * world_size + rank.
@@ -230,7 +251,7 @@ class EpochPlanner:
         if plan is not None:
             return plan
         round_start = k * world_size
-        if round_start < len(self._batches):
+        if round_start < self._num_batches:
             return BatchPlan.empty(self.epoch, j, self.history.at(self.epoch, self._window))
         return None
 
@@ -301,26 +322,25 @@ class EpochPlanner:
         sequences, self._pending = self._pending[:count], self._pending[count:]
         rows = np.concatenate([s.rows for s in sequences])
         table = self.index.take(pa.array(rows))
-        self._batches.append(
-            BatchPlan(
-                epoch=self.epoch,
-                batch=len(self._batches),
-                config_version=version.version,
-                config=version.config,
-                num_sequences=version.config.batch_size,
-                sequence=np.repeat(
-                    np.arange(len(sequences), dtype=np.int32), [len(s.rows) for s in sequences]
-                ),
-                image_ids=table.column("image_id").to_pylist(),
-                uri=table.column("uri").to_pylist(),
-                offset=table.column("offset").to_numpy(),
-                length=table.column("length").to_numpy(),
-                row=table.column("row").to_numpy(),
-                label=table.column("label").to_numpy(),
-                key=table.column("key").to_numpy(),
-                grid_h=np.concatenate([s.grid_h for s in sequences]),
-                grid_w=np.concatenate([s.grid_w for s in sequences]),
-                num_kept=np.concatenate([s.num_kept for s in sequences]),
-            )
+        self._batches[self._num_batches] = BatchPlan(
+            epoch=self.epoch,
+            batch=self._num_batches,
+            config_version=version.version,
+            config=version.config,
+            num_sequences=version.config.batch_size,
+            sequence=np.repeat(
+                np.arange(len(sequences), dtype=np.int32), [len(s.rows) for s in sequences]
+            ),
+            image_ids=table.column("image_id").to_pylist(),
+            uri=table.column("uri").to_pylist(),
+            offset=table.column("offset").to_numpy(),
+            length=table.column("length").to_numpy(),
+            row=table.column("row").to_numpy(),
+            label=table.column("label").to_numpy(),
+            key=table.column("key").to_numpy(),
+            grid_h=np.concatenate([s.grid_h for s in sequences]),
+            grid_w=np.concatenate([s.grid_w for s in sequences]),
+            num_kept=np.concatenate([s.num_kept for s in sequences]),
         )
+        self._num_batches += 1
         self._num_sequences += len(sequences)

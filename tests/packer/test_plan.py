@@ -126,3 +126,16 @@ def test_extreme_aspect_images_still_fit():
     assert sorted(_planned_ids(plans)) == sorted(index.column("image_id").to_pylist())
     sizes = imagenet_like_sizes(10)
     assert len(sizes[0]) == 10
+
+
+def test_planner_keeps_few_plans_and_regenerates_forgotten_ones_identically():
+    index = imagenet_like_index(500, 5)
+    history = ConfigHistory.start(SMALL)
+    bounded = EpochPlanner(index, history, 0, max_kept_batches=3)
+    plans = list(bounded.iter_batches())
+    assert len(bounded._batches) == 3 < len(plans)
+    again = bounded.batch(0)  # forgotten: replayed
+    assert again.image_ids == plans[0].image_ids
+    assert np.array_equal(again.num_kept, plans[0].num_kept)
+    unbounded = list(EpochPlanner(index, history, 0).iter_batches())
+    assert [p.image_ids for p in plans] == [p.image_ids for p in unbounded]
