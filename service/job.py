@@ -43,6 +43,10 @@ log = logging.getLogger("navit.service")
 # Fields that fix the Arrow schema of a stream (fixed-size lists of seq_len, patch_dim).
 SCHEMA_FIELDS = ("patch_size", "seq_len")
 MAX_WORLD_SIZE = 65536
+# Far beyond any real run, and small enough for SQLite integers and numpy seeds; a huge
+# epoch would otherwise become "the furthest planned epoch" where config changes land.
+MAX_EPOCH = 1_000_000
+MAX_START_BATCH = 2**40
 # Planners are cheap to rebuild (deterministic), so only the latest few epochs are kept.
 _PLANNERS_KEPT = 4
 _CURSOR_SAVE_INTERVAL_S = 1.0
@@ -117,6 +121,9 @@ class StreamTicket:
             if value < 0:
                 raise TicketError(key, f"must be non-negative, got {value}")
             parsed[key] = value
+        for key, most in (("epoch", MAX_EPOCH), ("start_batch", MAX_START_BATCH)):
+            if parsed[key] > most:
+                raise TicketError(key, f"must be at most {most}, got {parsed[key]}")
         if not 1 <= parsed["world_size"] <= MAX_WORLD_SIZE:
             raise TicketError(
                 "world_size", f"must lie in [1, {MAX_WORLD_SIZE}], got {parsed['world_size']}"

@@ -89,6 +89,8 @@ def test_same_batches_whoever_asks_first(start):
         (b'{"rank": 0, "world_size": 1, "epoch": 0, "start_batch": 1.5}', "start_batch"),
         (b'{"rank": 0, "world_size": 1, "epoch": 0, "colour": 1}', "colour"),
         (b'{"rank": 0, "world_size": 1, "epoch": 99}', "epoch"),
+        (b'{"rank": 0, "world_size": 1, "epoch": 1' + b"0" * 400 + b"}", "epoch"),
+        (b'{"rank": 0, "world_size": 1, "epoch": 0, "start_batch": 1e999}', "start_batch"),
     ],
 )
 def test_bad_tickets_get_a_reason_and_the_server_keeps_serving(start, raw, field):
@@ -214,3 +216,28 @@ def test_backpressure_parks_a_stalled_stream_at_the_transport():
         client.close()
     finally:
         server.shutdown()
+
+
+def test_corrupt_images_are_counted_as_rejected_never_lost(start, tmp_path, index_cache_dir):
+    from packer.sample_data import write_sample_dataset
+
+    folder = tmp_path / "images"
+    write_sample_dataset(folder, 16, seed=5)
+    good = next((folder / "circles").glob("*.jpg")).read_bytes()
+    (folder / "circles" / "garbage.jpg").write_bytes(b"this is not an image at all")
+    (folder / "circles" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    service = start(dataset=str(folder))
+    index = service.job.index
+
+    rank0 = read_stream(service.flight_location, 0, 2, epoch=0)
+    rank1 = read_stream(service.flight_location, 1, 2, epoch=0)
+    delivered = image_ids(rank0) + image_ids(rank1)
+    assert len(delivered) == len(set(delivered))
+    assert "circles/garbage.jpg" not in delivered
+    assert "circles/truncated.jpg" not in delivered
+
+    stats = httpx.get(f"{service.api_url}/stats").json()
+    rejected = stats["packing"]["rejected_by_reason"]
+    assert sum(rejected.values()) == 2, rejected
+    assert len(delivered) + 2 == index.num_rows == 18
+    assert stats["rejected_by_reason"] == rejected
