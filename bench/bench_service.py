@@ -13,7 +13,15 @@ in the same process writing the same record batches with `pa.ipc.new_stream`. Cl
 are separate processes (so they do not share the server's GIL) reading every batch;
 GB/s counts the record batches' Arrow bytes. One client reads `--batches` batches; two
 clients read half each, as ranks 0 and 1 (Flight) or two connections (raw socket).
-Flight and raw runs alternate and the median of `--repeats` is reported.
+Each is run as "default" (library defaults) and "tuned" (both clients with glibc's mmap
+threshold raised, the Flight client with 16 MB HTTP/2 frames and large socket reads; see
+TUNED_MALLOC and TUNED_GRPC); all runs alternate and the median of `--repeats` is kept.
+
+Why Flight trails the raw socket here (perf on the client): pyarrow's Flight client
+copies every message out of gRPC's slices into one buffer (FlightDataDeserialize ->
+grpc_byte_buffer_reader_readall, ~18% of its CPU) on top of the kernel copy both pay,
+and HTTP/2 framing adds wake-ups; the server side is mostly the kernel's send copy. On
+a 2-core machine the clients are the bottleneck, so two Flight clients do not scale.
 
 Control plane. `start_service` on a generated sample dataset with the embedded Ray;
 two client processes drain ranks 0 and 1 epoch after epoch while this process times
