@@ -287,6 +287,7 @@ class ServiceJob:
         self.started_at = time.time()
         self._fill = fill
         self._lock = threading.RLock()  # planners, history, frontier
+        self._config_lock = threading.Lock()  # serialises config changes
         self._planners: OrderedDict[int, EpochPlanner] = OrderedDict()
         self._stopping = threading.Event()
         self.stats = LiveStats()
@@ -402,7 +403,9 @@ class ServiceJob:
         """Record a config change from the next unplanned window; returns it and the
         fields that changed. Raises VersionMismatch (412), ConfigError (422) or
         ConfigConflict (409)."""
-        with self._lock:
+        # One change at a time; the planner lock only for the append, so streams keep
+        # planning while a change is vetted.
+        with self._config_lock:
             current = self.history.latest
             if expected_version is not None and expected_version != current.version:
                 raise VersionMismatch(current.version)
@@ -422,9 +425,10 @@ class ServiceJob:
             if not changed:
                 return current, []
             self.check_runnable(config)
-            epoch, window = self.change_point()
-            entry = self.history.append(config, epoch, window)
-            self.state.save_history(self.history)
+            with self._lock:
+                epoch, window = self.change_point()
+                entry = self.history.append(config, epoch, window)
+                self.state.save_history(self.history)
         log.info(
             "config version %d from epoch %d window %d: %s", entry.version, epoch, window, changed
         )
