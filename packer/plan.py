@@ -194,10 +194,11 @@ class EpochPlanner:
         self._cursor = 0  # images of self._order planned so far
         self._window = 0  # next unplanned window
         self._carry: list[Bin] = []
-        self._carry_version = 0
+        self._version: ConfigVersion | None = None  # the version of the last planned window
         self._pending: list[_Sequence] = []  # finished sequences not yet in a batch
         self._batches: OrderedDict[int, BatchPlan] = OrderedDict()  # the latest plans
         self._num_batches = 0  # batches planned so far
+        self._replay: EpochPlanner | None = None  # regenerates forgotten plans
         self._done = False
         self._num_sequences = 0
         self._images = {}  # row -> (grid_h, grid_w, num_kept) for rows in open bins
@@ -223,7 +224,11 @@ class EpochPlanner:
             return None
         plan = self._batches.get(j)
         if plan is None:  # forgotten to bound memory: regenerate it
-            replay = EpochPlanner(self.index, self.history, self.epoch, self.max_kept_batches)
+            # One replay planner advances with a lagging reader, so catching up is linear.
+            replay = self._replay
+            if replay is None or (j < replay._num_batches and j not in replay._batches):
+                replay = EpochPlanner(self.index, self.history, self.epoch, self.max_kept_batches)
+                self._replay = replay
             return replay.batch(j)
         # Forget the oldest plans, never j itself: the cache holds at most max_kept_batches
         # plus the batches of the window that produced j.
@@ -272,12 +277,17 @@ class EpochPlanner:
     def _plan_window(self) -> None:
         version = self.history.at(self.epoch, self._window)
         config = version.config
-        if self._carry and version.version != self._carry_version:
-            # Bins opened under an older config finish as they are: none of them may hold
-            # more images (or tokens) than the config that planned them allowed.
+        previous = self._version
+        if previous is not None and previous.version != version.version:
+            # Everything planned under the older config ships under it, in batches labelled
+            # with its version (the last one short if need be), so every batch that says
+            # version v holds only sequences v planned and honours v's limits.
             self._pending.extend(self._finish(b) for b in self._carry)
             self._carry = []
-        self._carry_version = version.version
+            while self._pending:
+                count = min(previous.config.batch_size, len(self._pending))
+                self._emit_batch(previous, count)
+        self._version = version
         rows = self._order[self._cursor : self._cursor + config.pack_window]
         self._cursor += len(rows)
         last = self._cursor >= len(self._order)

@@ -99,8 +99,7 @@ def test_config_change_applies_from_the_next_unplanned_window():
     later = list(planner.iter_batches())
     assert later[-1].config_version == 2
     v2 = [p for p in later if p.config_version == 2]
-    # The first v2 batch may still hold sequences finished in the last v1 window.
-    for plan in v2[1:]:
+    for plan in v2:  # v1's carried bins and pending sequences shipped as v1
         assert np.bincount(plan.sequence).max() <= 2
     assert any(np.bincount(p.sequence).max() > 2 for p in later if p.config_version == 1)
     # A fresh planner with the same history regenerates the same batches.
@@ -134,8 +133,23 @@ def test_planner_keeps_few_plans_and_regenerates_forgotten_ones_identically():
     bounded = EpochPlanner(index, history, 0, max_kept_batches=3)
     plans = list(bounded.iter_batches())
     assert len(bounded._batches) == 3 < len(plans)
-    again = bounded.batch(0)  # forgotten: replayed
-    assert again.image_ids == plans[0].image_ids
-    assert np.array_equal(again.num_kept, plans[0].num_kept)
+    again = [bounded.batch(j) for j in range(len(plans))]  # forgotten: replayed, in one pass
+    assert [p.image_ids for p in again] == [p.image_ids for p in plans]
+    assert np.array_equal(again[0].num_kept, plans[0].num_kept)
     unbounded = list(EpochPlanner(index, history, 0).iter_batches())
     assert [p.image_ids for p in plans] == [p.image_ids for p in unbounded]
+
+
+def test_after_a_config_change_every_batch_honours_the_version_it_carries():
+    index = imagenet_like_index(400, 0)
+    config = PackingConfig(seq_len=256, max_res=128, min_res=32, batch_size=2, pack_window=64)
+    history = ConfigHistory.start(config)
+    history.append(config.replace(max_images_per_seq=2), 0, 2)
+    plans = list(EpochPlanner(index, history, 0).iter_batches())
+    ids = [i for p in plans for i in p.image_ids]
+    assert sorted(ids) == sorted(index.column("image_id").to_pylist())
+    versions = [p.config_version for p in plans]
+    assert versions == sorted(versions) and set(versions) == {1, 2}
+    for plan in plans:
+        if plan.config_version == 2:
+            assert np.bincount(plan.sequence).max() <= 2
