@@ -198,7 +198,11 @@ def _iter_flight(
 
     headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
     options = flight.FlightCallOptions(headers=headers)
-    client = flight.FlightClient(location)
+    # Packed batches are several MB each: 16 MB HTTP/2 frames cut the per-frame overhead
+    # of the Flight client (about +50% throughput in bench/bench_service.py).
+    client = flight.FlightClient(
+        location, generic_options=[("grpc.http2.max_frame_size", 16 * 1024 * 1024 - 1)]
+    )
     try:
         while end_epoch is None or epoch < end_epoch:
             ticket = flight.Ticket(flight_ticket(rank, world_size, epoch, start_batch))
