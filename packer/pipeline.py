@@ -127,7 +127,8 @@ def fill_with_ray_data(
 
 def stream_filled(plans: Iterable[BatchPlan], max_in_flight: int = 4) -> Iterator[FilledBatch]:
     """Fill plans on Ray tasks, yielding in order with at most `max_in_flight` pending."""
-    remote_fill = ray.remote(num_cpus=1)(fill_to_ipc)
+    # Explicit retries (Ray's default today): a fill task on a node that dies runs again.
+    remote_fill = ray.remote(num_cpus=1, max_retries=3)(fill_to_ipc)
     pending: deque = deque()
     source = iter(plans)
     exhausted = False
