@@ -34,8 +34,12 @@ test: venv test-tools
 $(SAMPLE): | venv
 	$(BIN)/navit sample-data $(SAMPLE) --images $(SAMPLE_IMAGES) --seed 0
 
+# The main job on this machine: the packer service (local Ray, control plane on
+# http://127.0.0.1:8000, Flight on 8815) and two trainer ranks (DDP over gloo on CPU).
+# Outputs in runs/pretrain/: metrics.jsonl, stats.json, checkpoint.pt, pretrain.png.
+PRETRAIN_ARGS ?= --trainers 2 --set seq_len=256 --set max_res=128
 pretrain: venv $(SAMPLE)
-	$(BIN)/navit pack $(SAMPLE) --out runs/pack --epochs 1
+	$(BIN)/navit pretrain $(SAMPLE) --steps $(STEPS) --run-dir runs/pretrain $(PRETRAIN_ARGS)
 
 # vit-pytorch is the training benchmark's baseline; --no-deps keeps it from pulling a
 # torchvision built for another torch (bench_train loads its na_vit.py alone).

@@ -461,25 +461,19 @@ class Pretrain:
         argv = self._navit(
             "serve",
             o.dataset,
-            "--host",
-            o.host,
-            "--api-port",
-            str(o.api_port),
-            "--flight-port",
-            str(o.flight_port),
-            "--state-dir",
-            str(self.run_dir / "state"),
-            "--log-level",
-            "warning",
+            f"--host={o.host}",
+            f"--api-port={o.api_port}",
+            f"--flight-port={o.flight_port}",
+            f"--state-dir={self.run_dir / 'state'}",
+            "--log-level=warning",
         )
         if o.num_cpus is not None:
-            argv += ["--num-cpus", str(o.num_cpus)]
+            argv.append(f"--num-cpus={o.num_cpus}")
         if o.ray_address:
-            argv += ["--ray-address", o.ray_address]
+            argv.append(f"--ray-address={o.ray_address}")
         if o.config_file is not None:
-            argv += ["--config", str(o.config_file)]
-        for override in o.overrides:
-            argv += ["--set", override]
+            argv.append(f"--config={o.config_file}")
+        argv += [f"--set={override}" for override in o.overrides]
         extra = {}
         if not o.ray_address:
             # ray.init() with no address joins a cluster some `ray start` left on this
@@ -553,26 +547,16 @@ class Pretrain:
         for rank in range(world):
             argv = self._navit(
                 "train",
-                "--source",
-                self.flight_url,
-                "--model",
-                o.model,
-                "--steps",
-                str(o.steps),
-                "--ckpt",
-                str(self.run_dir),
-                "--ckpt-every",
-                str(o.ckpt_every),
-                "--rank",
-                str(rank),
-                "--world-size",
-                str(world),
-                "--num-classes",
-                str(self.num_classes),
-                "--lr",
-                str(o.lr),
-                "--warmup-steps",
-                str(warmup),
+                f"--source={self.flight_url}",
+                f"--model={o.model}",
+                f"--steps={o.steps}",
+                f"--ckpt={self.run_dir}",
+                f"--ckpt-every={o.ckpt_every}",
+                f"--rank={rank}",
+                f"--world-size={world}",
+                f"--num-classes={self.num_classes}",
+                f"--lr={o.lr}",
+                f"--warmup-steps={warmup}",
                 "--no-progress",
             )
             if resume:
@@ -625,8 +609,11 @@ class Pretrain:
     def _restart(self, failed: list[tuple[Child, int]]) -> bool:
         for trainer, code in failed:
             self._event("trainer_exited", name=trainer.name, pid=trainer.pid, code=code)
-            self._say(f"{trainer.name} exited with code {code}:")
-            self._say(trainer.tail(8), prefix="  | ")
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited ({code})"
+            tail = trainer.tail(8)
+            self._say(f"{trainer.name} {how}" + (":" if tail else ""))
+            if tail:
+                self._say(tail, prefix="  | ")
         if self.restarts >= self.options.max_restarts:
             self._say(f"giving up after {self.restarts} restart(s) (--max-restarts)")
             return False
@@ -711,6 +698,7 @@ class Pretrain:
         if self.last_stats is not None:
             minute = self.last_stats["throughput"]["last_minute"]
             status["images_per_s"] = minute["images_per_s"]
+            status["images_delivered"] = self.last_stats["throughput"]["run"]["images"]
             status["efficiency"] = self.last_stats["efficiency"]
             status["config_version"] = self.last_stats["config_version"]
         return status
@@ -721,7 +709,9 @@ class Pretrain:
         if "loss" in status:
             fields.append(f"loss {status['loss']:.3f}")
             fields.append(f"acc {status['accuracy']:.2f}")
-        if "images_per_s" in status:
+        if not status.get("images_delivered"):
+            fields.append("waiting for the first batches")
+        elif "images_per_s" in status:
             fields.append(f"{status['images_per_s']:.0f} img/s")
             fields.append(f"packing {100 * status['efficiency']:.1f}%")
             if status["config_version"] > 1:
@@ -801,8 +791,8 @@ class Pretrain:
         outputs = ["metrics.jsonl", "stats.json", "checkpoint.pt", plot.name if plot else None]
         present = [name for name in outputs if name and (self.run_dir / name).exists()]
         self._say(f"in {self.run_dir}/: {', '.join(present)}")
-        if state == "interrupted" and self._has_checkpoint():
-            self._say(f"continue with: navit pretrain {self.options.dataset} --resume ...")
+        if state != "finished" and self._has_checkpoint():
+            self._say("to continue from the checkpoint: the same command with --resume")
 
     def _shutdown(self) -> None:
         """Whatever happened (an exception included), leave no child behind."""

@@ -1,0 +1,288 @@
+"""`navit pretrain`: the whole local job in one command, and nothing left behind.
+
+The end-to-end tests run the real command (`python -m packer.cli pretrain ...`) on a
+40-image data set with a small config, two trainer ranks (DDP over gloo) and a one-CPU
+local Ray, and find the processes it started by the run's marker variable, which every
+descendant inherits (Ray's daemons and workers included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.pretrain import (
+    RUN_ENV,
+    MetricsTail,
+    add_pretrain_arguments,
+    smoothed,
+    write_plot,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = ["--set=seq_len=256", "--set=max_res=128", "--set=batch_size=2"]
+
+
+# ---------------------------------------------------------------------------------------
+# Pieces
+
+
+def test_parser_has_the_documented_flags() -> None:
+    parser = argparse.ArgumentParser()
+    add_pretrain_arguments(parser)
+    args = parser.parse_args(["data/sample", "--trainers", "2", "--steps", "5", "--set=a=1"])
+    assert (args.dataset, args.trainers, args.steps, args.model) == ("data/sample", 2, 5, "tiny")
+    assert args.run_dir == Path("runs/pretrain")
+    assert (args.api_port, args.flight_port) == (8000, 8815)  # the documented addresses
+    assert args.overrides == ["a=1"]
+
+
+def test_metrics_tail_reads_new_lines_and_follows_a_rewrite(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(path)
+    assert tail.read() == []
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4)]
+    path.write_text("\n".join(lines[:3]) + "\n" + lines[3][:5])  # line 4 being written
+    assert [r["step"] for r in tail.read()] == [1, 2, 3]
+    with open(path, "a") as handle:
+        handle.write(lines[3][5:] + "\n")
+    assert [r["step"] for r in tail.read()] == [4]
+    # A resumed trainer rewrites the file with the lines up to its checkpoint.
+    path.write_text("\n".join(lines[:2]) + "\n")
+    assert [r["step"] for r in tail.read()] == [1, 2]
+    assert sorted(tail.records) == [1, 2]
+    assert tail.latest["step"] == 2
+
+
+def test_smoothed_starts_at_the_first_value() -> None:
+    assert smoothed([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    values = smoothed([1.0, 0.0, 0.0, 0.0])
+    assert values[0] == 1.0 and values == sorted(values, reverse=True)
+
+
+def test_plot_is_a_png_of_loss_and_efficiency(tmp_path: Path) -> None:
+    records = {
+        s: {
+            "step": s,
+            "loss": 2.0 / s,
+            "pad_fraction": 0.02 * (s % 3),
+            "config_version": 1 + s // 6,
+        }
+        for s in range(1, 11)
+    }
+    samples = [{"step": s, "efficiency": 0.97} for s in (2, 6, 10)]
+    path = write_plot(tmp_path, records, samples, restart_steps=[5])
+    assert path == tmp_path / "pretrain.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert write_plot(tmp_path / "none", {}, []) is None
+
+
+# ---------------------------------------------------------------------------------------
+# The real command
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from packer.sample_data import write_sample_dataset
+
+    folder = tmp_path_factory.mktemp("pretrain-data") / "images"
+    write_sample_dataset(folder, 40, seed=5)
+    return folder
+
+
+def run_processes(run_id: str) -> list[int]:
+    """Live processes carrying this run's marker (zombies have no environment left)."""
+    needle = f"{RUN_ENV}={run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+class Run:
+    """`navit pretrain` as a child process, with its run directory's files."""
+
+    def __init__(self, dataset: Path, run_dir: Path, *args: str) -> None:
+        self.run_dir = run_dir
+        self.output = run_dir.parent / f"{run_dir.name}.out"
+        argv = [sys.executable, "-m", "packer.cli", "pretrain", str(dataset), *args]
+        argv += ["--run-dir", str(run_dir), "--api-port=0", "--flight-port=0", "--num-cpus=1"]
+        argv += ["--no-progress", *SMALL]
+        with open(self.output, "wb") as out:
+            self.process = subprocess.Popen(
+                argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        path = self.run_dir / "events.jsonl"
+        if not path.exists():
+            return []
+        events = [json.loads(line) for line in path.read_text().splitlines() if line]
+        return [e for e in events if kind is None or e["event"] == kind]
+
+    @property
+    def run_id(self) -> str:
+        return self.events("run")[0]["run_id"]
+
+    def metrics(self) -> list[dict]:
+        path = self.run_dir / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [json.loads(line) for line in lines if line.endswith("}")]
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def wait_for(self, condition: Callable[[], object], what: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"pretrain exited ({self.process.returncode}) before {what}:\n{self.text()}"
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(f"not {what} within {timeout} s:\n{self.text()}")
+            time.sleep(0.2)
+
+    def wait(self, timeout: float = 240) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"pretrain did not end within {timeout} s:\n{self.text()}")
+
+    def cleanup(self) -> None:
+        """After a failed test: leave nothing running either."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        if self.events("run"):
+            for pid in run_processes(self.run_id):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def runs() -> Iterator[list[Run]]:
+    started: list[Run] = []
+    yield started
+    for run in started:
+        run.cleanup()
+
+
+def assert_nothing_left(run: Run, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (left := run_processes(run.run_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, [cmdline(pid) for pid in left]
+
+
+def assert_cursor_continues(metrics: list[dict]) -> None:
+    """Each step trained the batch after the previous step's: nothing lost or repeated."""
+    for before, after in zip(metrics, metrics[1:], strict=False):
+        same_epoch = (after["epoch"], after["next_batch"]) == (
+            before["epoch"],
+            before["next_batch"] + 1,
+        )
+        next_epoch = after["epoch"] == before["epoch"] + 1 and after["next_batch"] == 1
+        assert same_epoch or next_epoch, (before, after)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_pretrain_trains_survives_faults_retunes_live_and_cleans_up(
+    dataset: Path, tmp_path: Path, runs: list[Run]
+) -> None:
+    steps = 30
+    run = Run(dataset, tmp_path / "run", "--trainers=2", f"--steps={steps}", "--ckpt-every=5")
+    runs.append(run)
+    run.wait_for(lambda: run.events("trainers_started"), "trainers started")
+    api = run.events("service_ready")[0]["api"]
+    assert f"control plane: {api}" in run.text()
+    # Live retuning while it trains: the change applies from the next unplanned window.
+    run.wait_for(lambda: run.metrics(), "training")
+    response = httpx.patch(f"{api}/config", json={"pack_window": 16}, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["version"] == 2
+
+    # Faults, once the first checkpoint exists: a Ray worker process dies (Ray retries its
+    # task, the stream goes on), then trainer rank 1 (the supervisor restarts both ranks
+    # from the checkpoint with --resume).
+    run.wait_for(lambda: (run.run_dir / "checkpoint.pt").exists(), "checkpointed")
+    ray_workers = [
+        p for p in run_processes(run.run_id) if cmdline(p).startswith(("ray::fill", "ray::IDLE"))
+    ]
+    assert ray_workers, [cmdline(p) for p in run_processes(run.run_id)]
+    os.kill(ray_workers[0], signal.SIGKILL)
+    rank1 = run.events("trainers_started")[0]["pids"][1]
+    os.kill(rank1, signal.SIGKILL)
+
+    assert run.wait() == 0, run.text()
+    (restart,) = run.events("restart")
+    assert restart["resume"] and restart["checkpoint_step"] >= 5
+    metrics = [m for m in run.metrics() if "loss" in m]
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+    assert_cursor_continues(metrics)  # the resumed ranks went on from the cursor
+    assert {m["config_version"] for m in metrics} == {1, 2}
+
+    import torch
+
+    checkpoint = torch.load(run.run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert checkpoint["step"] == steps
+    stats = json.loads((run.run_dir / "stats.json").read_text())
+    assert stats["config_version"] == 2 and stats["images"] == 40
+    assert stats["rejected_by_reason"] == {}
+    assert 0.5 < stats["efficiency"] <= 1.0
+    assert {r["rank"] for r in stats["ranks"] if r["world_size"] == 2} == {0, 1}
+    assert (run.run_dir / "pretrain.png").read_bytes()[:4] == b"\x89PNG"
+    assert "finished after" in run.text() and "packing efficiency" in run.text()
+    assert_nothing_left(run)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name
+)
+def test_a_signal_stops_every_process_it_started(
+    dataset: Path, tmp_path: Path, runs: list[Run], signum: signal.Signals
+) -> None:
+    run = Run(dataset, tmp_path / "run", "--trainers=2", "--steps=100000")
+    runs.append(run)
+    run.wait_for(lambda: run.metrics(), "training")
+    started = run_processes(run.run_id)
+    assert any("packer.cli serve" in cmdline(p) for p in started)
+    assert sum("packer.cli train" in cmdline(p) for p in started) == 2
+    assert any("raylet" in cmdline(p) for p in started)  # Ray's daemons carry the marker too
+
+    os.kill(run.process.pid, signum)  # what Ctrl-C, `kill` or `kill -9` send
+    code = run.wait(120)
+    if signum == signal.SIGKILL:
+        # No handler runs: each child got SIGTERM from the kernel (PR_SET_PDEATHSIG)
+        # and the service then stopped its own Ray.
+        assert code == -signal.SIGKILL
+    else:
+        assert code == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum]
+        assert run.events("end")[0]["state"] == "interrupted"
+        assert json.loads((run.run_dir / "stats.json").read_text())["images"] == 40
+        assert (run.run_dir / "pretrain.png").exists()
+    assert_nothing_left(run)
