@@ -83,7 +83,7 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
 
     add = parser.add_argument
     add("dataset", help="image folder, WebDataset tars or Parquet (local or URI)")
-    add("--trainers", type=int, default=1, help="trainer ranks (DDP when more than 1)")
+    add("--trainers", type=int, default=1, help="ranks (DDP when > 1; one GPU each on GPUs)")
     add("--model", default="tiny", help="model size: tiny, s16, b16, l16")
     add("--steps", type=int, default=300, help="optimizer steps of each rank")
     add("--run-dir", type=Path, default=Path("runs/pretrain"), help="outputs (see above)")
@@ -285,8 +285,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 class MetricsTail:
     """The step records of metrics.jsonl, read incrementally.
 
-    A resumed trainer rewrites the file (keeping lines up to its checkpoint), so a file
-    that shrank or changed inode is read again from the start.
+    A resumed trainer rewrites the file (keeping lines up to its checkpoint): the
+    supervisor calls `reset()` when it restarts trainers, and a file that shrank or
+    changed inode is read again from the start as well.
     """
 
     def __init__(self, path: Path) -> None:
@@ -296,6 +297,11 @@ class MetricsTail:
         self._inode: int | None = None
         self._partial = b""
 
+    def reset(self) -> None:
+        """Forget what was read: the next read() starts from the top of the file."""
+        self._inode, self._offset, self._partial = None, 0, b""
+        self.records.clear()
+
     def read(self) -> list[dict[str, Any]]:
         """New step records since the last call (all of them after a rewrite)."""
         try:
@@ -303,8 +309,8 @@ class MetricsTail:
         except FileNotFoundError:
             return []
         if stat.st_ino != self._inode or stat.st_size < self._offset:
-            self._inode, self._offset, self._partial = stat.st_ino, 0, b""
-            self.records.clear()
+            self.reset()
+            self._inode = stat.st_ino
         if stat.st_size == self._offset:
             return []
         with open(self.path, "rb") as handle:
@@ -397,6 +403,8 @@ class Pretrain:
         options = self.options
         self._prepare_run_dir()
         self._describe_dataset()
+        if self.stop_signal is not None:  # Ctrl-C while the index loaded
+            return self._exit_code(failed=False)
         if not self._start_service():
             return self._exit_code(failed=True)
         self._say(f"control plane: {self.api_url}  (dashboard; PATCH /config retunes packing)")
@@ -624,6 +632,7 @@ class Pretrain:
         step = self._checkpoint_step() if resume else 0
         self.restart_steps.append(step)
         self._event("restart", attempt=self.restarts, resume=resume, checkpoint_step=step)
+        self.metrics.reset()  # the new rank 0 rewrites metrics.jsonl up to `step`
         self._say(f"restart {self.restarts}/{self.options.max_restarts} from step {step}")
         self._start_trainers(resume=resume)
         return True
