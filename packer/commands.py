@@ -93,7 +93,7 @@ def run_pack(args: argparse.Namespace) -> int:
         total=None, unit="batch", disable=args.no_progress or None, file=sys.stderr, desc="pack"
     )
 
-    def on_batch(filled) -> None:
+    def on_batch(batch: int) -> None:
         progress.update(1)
 
     stats = pack_to_dir(
