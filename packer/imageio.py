@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -99,25 +101,33 @@ class RejectedImage(Exception):
         return f"{self.reason}: {self.detail}"
 
 
+@contextmanager
+def _failures_as_rejections() -> Iterator[None]:
+    """Turn every failure inside the block into a RejectedImage with a reason."""
+    try:
+        yield
+    except RejectedImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # A plugin's own check on a part of the image (an ICO entry, a TIFF tile, a GIF
+        # frame larger than its screen).
+        raise RejectedImage("decompression_bomb", _describe(error)) from error
+    except Exception as error:  # any failure must be a reason, not a crash
+        raise RejectedImage("decode_error", _describe(error)) from error
+
+
 def read_header(data: bytes) -> tuple[int, int]:
     """(width, height) after EXIF orientation, from the header only (no pixel decode).
 
     `data` may be just a prefix of the file (the index reads the first 64 KiB); a prefix
     too short for the header fails as not_an_image and the caller may retry with more.
     """
-    try:
+    with _failures_as_rejections():
         image, orientation = _open(data)
         width, height = image.size
         if orientation in _SWAPS_SIDES:
             width, height = height, width
         return width, height
-    except RejectedImage:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        # A plugin's own check on a part of the image (an ICO entry, a TIFF tile).
-        raise RejectedImage("decompression_bomb", _describe(error)) from error
-    except Exception as error:  # any failure must be a reason, not a crash
-        raise RejectedImage("decode_error", _describe(error)) from error
 
 
 def decode_resized(data: bytes, width: int, height: int) -> np.ndarray:
@@ -131,7 +141,7 @@ def decode_resized(data: bytes, width: int, height: int) -> np.ndarray:
     """
     if width <= 0 or height <= 0:
         raise ValueError(f"target size must be positive, got {width}x{height}")
-    try:
+    with _failures_as_rejections():
         image, orientation = _open(data)
         swap = orientation in _SWAPS_SIDES
         # Resize in the stored frame, then transpose the small result: cheaper than
@@ -147,13 +157,6 @@ def decode_resized(data: bytes, width: int, height: int) -> np.ndarray:
         if orientation in _TRANSPOSE:
             image = image.transpose(_TRANSPOSE[orientation])
         pixels = _to_rgb_array(image)
-    except RejectedImage:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        # Raised by some plugins while loading (a GIF frame larger than its screen).
-        raise RejectedImage("decompression_bomb", _describe(error)) from error
-    except Exception as error:  # any failure must be a reason, not a crash
-        raise RejectedImage("decode_error", _describe(error)) from error
     if pixels.shape != (height, width, 3):  # pragma: no cover - a bug, not a bad image
         raise RejectedImage("decode_error", f"decoded to {pixels.shape}, want {height}x{width}")
     return pixels
