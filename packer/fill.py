@@ -34,12 +34,24 @@ class FillResult:
         return [reason for _, reason, _ in self.rejected]
 
 
+_process_reader: ByteReader | None = None
+
+
+def _reader() -> ByteReader:
+    # One reader per worker process, kept across batches: its open files and cached
+    # Parquet row groups serve the next batch too, instead of being reopened per batch.
+    global _process_reader
+    if _process_reader is None:
+        _process_reader = ByteReader()
+    return _process_reader
+
+
 def fill_batch(plan: BatchPlan, reader: ByteReader | None = None) -> FillResult:
     """Decode and patchify every planned image into its sequence's next free slot."""
     config = plan.config
     p, seq_len = config.patch_size, config.seq_len
     num_seq = plan.num_sequences
-    reader = reader or ByteReader()
+    reader = reader or _reader()
 
     patches = np.zeros((num_seq, seq_len, config.patch_dim), np.uint8)
     segment_ids = np.zeros((num_seq, seq_len), np.int32)

@@ -201,6 +201,15 @@ def index_class_names(table: pa.Table) -> list[str]:
     return json.loads(raw) if raw else []
 
 
+def header_rejects(table: pa.Table) -> list[tuple[str, str]]:
+    """(image_id, reason) of every image whose header could not be read."""
+    errors = table.column("error")
+    failed = table.filter(errors.is_valid())
+    return list(
+        zip(failed.column("image_id").to_pylist(), failed.column("error").to_pylist(), strict=True)
+    )
+
+
 def index_stats(table: pa.Table) -> dict[str, Any]:
     """{"images": n, "valid": k, "rejected": {reason: count}} for an index table."""
     errors = table.column("error").to_pylist()

@@ -30,6 +30,7 @@ import pyarrow as pa
 import ray
 
 from packer.fill import fill_batch
+from packer.index import header_rejects
 from packer.plan import BatchPlan, ConfigHistory, EpochPlanner
 from packer.schema import PackedBatch, from_record_batch, to_record_batch
 from packer.stats import PackingStats
@@ -65,10 +66,15 @@ class FilledBatch:
         return from_record_batch(self.record_batch())
 
 
-def _ipc_file_bytes(record_batch: pa.RecordBatch) -> bytes:
-    sink = pa.BufferOutputStream()
+def _write_ipc_file(sink: pa.NativeFile, record_batch: pa.RecordBatch) -> None:
+    """One batch as an Arrow IPC file: what `navit pack` writes and the service sends."""
     with pa.ipc.new_file(sink, record_batch.schema) as writer:
         writer.write_batch(record_batch)
+
+
+def _ipc_file_bytes(record_batch: pa.RecordBatch) -> bytes:
+    sink = pa.BufferOutputStream()
+    _write_ipc_file(sink, record_batch)
     return sink.getvalue().to_pybytes()
 
 
@@ -97,8 +103,8 @@ def _fill_and_write(block: dict[str, np.ndarray], out_dir: str) -> dict[str, np.
         path = batch_path(Path(out_dir), plan.epoch, plan.batch)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".arrow.partial")  # a crash leaves no half-written batch
-        with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, record_batch.schema) as w:
-            w.write_batch(record_batch)
+        with pa.OSFile(str(partial), "wb") as sink:
+            _write_ipc_file(sink, record_batch)
         partial.replace(path)
         batch_stats = PackingStats()
         batch_stats.add_filled(plan, result.batch, result.rejected_reasons)
@@ -167,19 +173,13 @@ def pack_to_dir(
     context = ray.data.DataContext.get_current()
     context.op_resource_reservation_enabled = False
     context.enable_progress_bars = False
-    header_rejects = [
-        (image_id, error)
-        for image_id, error in zip(
-            index.column("image_id").to_pylist(), index.column("error").to_pylist(), strict=True
-        )
-        if error is not None
-    ]
+    rejects = header_rejects(index)
     stats = PackingStats()
     started = time.perf_counter()
     with open(out / "rejected.jsonl", "w") as rejected_log:
         for epoch in range(epochs):
-            stats.add_rejected([reason for _, reason in header_rejects])
-            for image_id, reason in header_rejects:
+            stats.add_rejected([reason for _, reason in rejects])
+            for image_id, reason in rejects:
                 line = {"epoch": epoch, "image_id": image_id, "reason": reason}
                 rejected_log.write(json.dumps(line) + "\n")
             plans = list(EpochPlanner(index, history, epoch).iter_batches())

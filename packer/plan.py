@@ -200,7 +200,6 @@ class EpochPlanner:
         self._num_batches = 0  # batches planned so far
         self._replay: EpochPlanner | None = None  # regenerates forgotten plans
         self._done = False
-        self._num_sequences = 0
         self._images = {}  # row -> (grid_h, grid_w, num_kept) for rows in open bins
 
     @property
@@ -353,4 +352,3 @@ class EpochPlanner:
             num_kept=np.concatenate([s.num_kept for s in sequences]),
         )
         self._num_batches += 1
-        self._num_sequences += len(sequences)

@@ -10,13 +10,14 @@ import time
 
 import pyarrow as pa
 
+from packer.index import header_rejects
 from packer.plan import ConfigHistory, EpochPlanner
 from packer.stats import PackingStats
 
 
 def simulate(index: pa.Table, history: ConfigHistory, epochs: int = 1) -> PackingStats:
     stats = PackingStats()
-    header_errors = [e for e in index.column("error").to_pylist() if e is not None]
+    header_errors = [reason for _, reason in header_rejects(index)]
     started = time.perf_counter()
     for epoch in range(epochs):
         stats.add_rejected(header_errors)

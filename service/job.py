@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from packer.config import ConfigError, PackingConfig
+from packer.index import header_rejects
 from packer.plan import BatchPlan, ConfigHistory, ConfigVersion, EpochPlanner
 from packer.schema import from_record_batch, packed_schema
 from packer.simulate import simulate
@@ -298,8 +299,7 @@ class ServiceJob:
         self._recent: deque[_RecentBatch] = deque(maxlen=self.options.recent_sequences)
         self._trainers: dict[int, dict] = {}
         self._status_lock = threading.Lock()  # streams, positions, recent, trainers
-        errors = index.column("error").to_pylist()
-        self._header_rejects = [e for e in errors if e is not None]
+        self._header_rejects = [reason for _, reason in header_rejects(index)]
         self.num_images = index.num_rows
         self.num_valid_images = index.num_rows - len(self._header_rejects)
         self.history = self._load_history(config)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from processes import processes_with_env
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -81,28 +82,9 @@ MARKER = "NAVIT_TEST_SERVICE"
 
 
 def marked_processes(marker: str) -> list[int]:
-    """Live processes whose environment holds MARKER=marker (from /proc; zombies have no
-    environment left). A session would not do: torchrun puts each rank in a session of
-    its own, and those ranks outlive a killed torchrun."""
-    needle = f"{MARKER}={marker}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            found.append(int(entry.name))
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
+    """Live processes started by the service carrying MARKER=marker, however deep or
+    detached (torchrun puts each rank in a session of its own)."""
+    return processes_with_env(MARKER, marker)
 
 
 @dataclass

@@ -25,11 +25,11 @@ from compose_local import (
     REPO,
     LocalCompose,
     LocalService,
-    cmdline,
     dockerfile_copies,
     load_compose,
     variables,
 )
+from processes import cmdline, wait_for
 
 from packer.schema import from_record_batch
 
@@ -211,15 +211,15 @@ def trainer_image_tree(root: Path) -> Path:
 def wait_until(
     condition: Callable[[], bool], what: str, service: LocalService, timeout: float = 180.0
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if service.process.poll() is not None:
-            pytest.fail(
-                f"{service.name} exited ({service.process.returncode}) {what}:\n{service.log()[-3000:]}"
-            )
-        if time.monotonic() > deadline:
-            pytest.fail(f"{service.name}: not {what} within {timeout} s:\n{service.log()[-3000:]}")
-        time.sleep(0.5)
+    wait_for(
+        condition,
+        what,
+        service.process,
+        service.name,
+        lambda: service.log()[-3000:],
+        timeout,
+        interval=0.5,
+    )
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from processes import cmdline, processes_with_env, wait_for
 
 from service.pretrain import (
     RUN_ENV,
@@ -102,23 +103,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_processes(run_id: str) -> list[int]:
     """Live processes carrying this run's marker (zombies have no environment left)."""
-    needle = f"{RUN_ENV}={run_id}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
+    return processes_with_env(RUN_ENV, run_id)
 
 
 class Run:
@@ -155,15 +140,7 @@ class Run:
         return self.output.read_text(errors="replace")
 
     def wait_for(self, condition: Callable[[], object], what: str, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"pretrain exited ({self.process.returncode}) before {what}:\n{self.text()}"
-                )
-            if time.monotonic() > deadline:
-                pytest.fail(f"not {what} within {timeout} s:\n{self.text()}")
-            time.sleep(0.2)
+        wait_for(condition, what, self.process, "pretrain", self.text, timeout)
 
     def wait(self, timeout: float = 240) -> int:
         try:
