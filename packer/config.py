@@ -15,7 +15,7 @@ from typing import Any, Literal
 ResolutionMode = Literal["area", "side"]
 ResolutionDist = Literal["uniform", "truncnorm"]
 TokenDrop = Literal["none", "constant", "beta", "resolution"]
-PackingStrategy = Literal["best_fit", "next_fit"]
+PackingStrategy = Literal["exact_fit", "best_fit", "next_fit"]
 
 # Patch coordinates travel as int16 (see packer.schema), so no grid side may pass this.
 _MAX_SEQ_LEN = 32767
@@ -61,9 +61,9 @@ class PackingConfig:
     drop_min_rate: float = 0.0
     drop_beta_a: float = 1.0
     drop_beta_b: float = 1.0
-    packing: PackingStrategy = "best_fit"
+    packing: PackingStrategy = "exact_fit"  # see packer.packing
     pack_window: int = 1024  # images bin-packed together
-    carry_over: bool = True  # carry a window's partly filled sequences into the next
+    carry_over: bool = True  # let a window leave small images or open sequences to the next
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -5,20 +5,30 @@ are placed whole (an image's tokens are contiguous), at most `max_images` per bi
 most `capacity` tokens per bin. Slot order in a bin is insertion order, so the sequence
 built from bin [7, 2, 9] holds image 7 in slot 1, image 2 in slot 2, image 9 in slot 3.
 
-Two strategies:
-- best-fit decreasing (ours): sort a window's images by size, largest first, and put
-  each in the open bin it fills most tightly; for sizes [6, 5, 4, 3, 2] and capacity 10
-  that gives bins [6, 4], [5, 3, 2]: no padding at all.
+Three strategies:
+- exact fit (ours, the default): build one sequence at a time. Start it with the largest
+  waiting image, add the largest images that still leave room to fine-tune, then finish
+  it with a subset-sum over the small waiting images that fills the last tokens exactly.
+  For capacity 10 and sizes [6, 5, 4, 3, 2] it builds [6, 4] then [5, 3, 2].
+- best-fit decreasing: sort a window's images by size, largest first, and put each in
+  the open bin it fills most tightly; the same sizes give [6, 4], [5, 3, 2] too.
 - next-fit in input order (the public vit-pytorch NaViT): one open bin, closed as soon
   as the next image does not fit; the same sizes give [6], [5, 4], [3, 2]: 33% padding.
 
-With `carry`, the partly filled bins at a window's end stay open into the next window
-(still a deterministic plan); only bins that are nearly full are emitted.
+Where they differ is the last few tokens of each sequence. Image sizes are products of
+two grid sides (14, 15, 16, 18, 20, 21, 24, ... tokens at the defaults), so best fit
+often ends a sequence 1 to 13 tokens short, which no image can fill; exact fit chooses
+the last images so that nearly every sequence ends exactly full.
+
+With carry-over, a window leaves something to the next (still a deterministic plan):
+best fit its emptiest open bins, next fit its open bin, exact fit a few waiting images
+(the small ones that finish sequences), none waiting more than `max_wait` windows.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,6 +136,198 @@ def split_carry(
     return emitted, carried
 
 
+class _WaitingPool:
+    """Images waiting for a sequence, by size; each size a FIFO of (position, window).
+
+    Taking an image of size s takes the oldest waiting one of that size, so the pool
+    never reorders images of equal size and `max_wait` can be honoured by age alone.
+    """
+
+    def __init__(self, waiting: list[tuple[int, int, int]]) -> None:
+        self.by_size: dict[int, deque[tuple[int, int]]] = {}
+        self.count = 0
+        for size, position, window in waiting:
+            self.by_size.setdefault(size, deque()).append((position, window))
+            self.count += 1
+        self.sizes = sorted(self.by_size)  # distinct sizes with a waiting image
+
+    def take(self, size: int) -> int:
+        queue = self.by_size[size]
+        position, _ = queue.popleft()
+        self.count -= 1
+        if not queue:
+            del self.by_size[size]
+            self.sizes.pop(bisect.bisect_left(self.sizes, size))
+        return position
+
+    def put_back(self, size: int, position: int, window: int) -> None:
+        """Undo the latest take of this size (it was the oldest, so it goes first again)."""
+        queue = self.by_size.get(size)
+        if queue is None:
+            queue = self.by_size[size] = deque()
+            bisect.insort(self.sizes, size)
+        queue.appendleft((position, window))
+        self.count += 1
+
+    def largest_at_most(self, limit: int) -> int | None:
+        at = bisect.bisect_right(self.sizes, limit)
+        return self.sizes[at - 1] if at else None
+
+    def oldest_from_before(self, window: int) -> int | None:
+        """The size whose oldest image was drawn before `window`, oldest first."""
+        found = None
+        for size in self.sizes:
+            drawn = self.by_size[size][0][1]
+            if drawn < window and (found is None or drawn < found[0]):
+                found = (drawn, size)
+        return None if found is None else found[1]
+
+    def items(self) -> list[tuple[int, int, int]]:
+        return [(s, p, w) for s in self.sizes for p, w in self.by_size[s]]
+
+
+def _subset_filling(pool: _WaitingPool, target: int, slots: int) -> list[int]:
+    """Sizes of waiting images with the largest sum <= target (exact where possible).
+
+    A subset-sum over a bitset (a Python int; bit t set = some subset sums to t). Each
+    size enters at most min(waiting, target // size) times, largest sizes first, and the
+    walk back skips an image whenever the rest still reach the sum, so the small images
+    that finish other sequences are spent last. For target 9 and waiting sizes
+    [2, 2, 3, 5, 7] it picks [7, 2]. More than `slots` images: a largest-first greedy fill.
+    """
+    copies: list[int] = []
+    for size in reversed(pool.sizes[: bisect.bisect_right(pool.sizes, target)]):
+        copies += [size] * min(len(pool.by_size[size]), target // size)
+    mask = (1 << (target + 1)) - 1
+    reach, reached = 1, [1]  # reached[i]: sums reachable with copies[:i]
+    for size in copies:
+        reach = (reach | (reach << size)) & mask
+        reached.append(reach)
+    remaining = reach.bit_length() - 1  # the largest reachable sum
+    picked = []
+    for i in range(len(copies) - 1, -1, -1):
+        if not (reached[i] >> remaining) & 1:
+            picked.append(copies[i])
+            remaining -= copies[i]
+    picked.reverse()  # largest first
+    if len(picked) <= slots:
+        return picked
+    greedy: list[int] = []
+    for size in copies:  # largest first
+        if len(greedy) < slots and sum(greedy) + size <= target:
+            greedy.append(size)
+    return greedy
+
+
+def _fill_sequence(pool: _WaitingPool, seed: int, limits: BinLimits, window: int) -> Bin:
+    """One sequence: the seed image, large images down to a small gap, then an exact fill.
+
+    For capacity 1024, seed 576 and waiting sizes [400, 300, 30, 18]: 400 would leave 48
+    free, enough to fine-tune, so it goes in; then the subset-sum fills 48 with 30 + 18.
+    Had 400 left a gap no waiting images sum to, it goes back (at most twice per
+    sequence) and the subset-sum retries on the larger gap.
+    """
+    capacity, max_images = limits.capacity, limits.max_images
+    span = max(1, capacity // 8)  # the gap the subset-sum closes
+    taken = [(seed, pool.take(seed))]
+    used = seed
+    while capacity - used > span and len(taken) < max_images and pool.count:
+        free = capacity - used
+        # The largest image that fills the gap exactly, or leaves room for two small ones
+        # (a gap smaller than that is rarely fillable: sizes are products of grid sides).
+        min_gap = 2 * pool.sizes[0]
+        size = free if free in pool.by_size else pool.largest_at_most(free - min_gap)
+        if size is None:
+            break
+        taken.append((size, pool.take(size)))
+        used += size
+    while True:
+        free = capacity - used
+        fill = _subset_filling(pool, free, max_images - len(taken)) if free and pool.count else []
+        if sum(fill) == free or len(taken) == 1:
+            break
+        # Back off the last large image and retry on the larger gap; in the end the
+        # subset-sum runs over every waiting image that fits beside the seed.
+        size, position = taken.pop()
+        pool.put_back(size, position, window)
+        used -= size
+    for size in fill:
+        taken.append((size, pool.take(size)))
+        used += size
+    return Bin([position for _, position in taken], used)
+
+
+def exact_fit(
+    waiting: list[tuple[int, int, int]],
+    limits: BinLimits,
+    window: int,
+    keep_waiting: int = 0,
+    max_wait: int = 8,
+) -> tuple[list[Bin], list[tuple[int, int, int]]]:
+    """Build sequences from waiting (size, position, window drawn) images.
+
+    Builds until at most `keep_waiting` images wait (the small ones, as the largest seed
+    each sequence) and none of them was drawn `max_wait` or more windows before `window`;
+    returns (sequences, images still waiting). The waiting ones give the next window's
+    sequences their exact finishes.
+    """
+    for size, _, _ in waiting:
+        if size > limits.capacity:
+            raise ValueError(f"an item of {size} tokens cannot fit capacity {limits.capacity}")
+    pool = _WaitingPool(waiting)  # `waiting` lists older windows first, as items() does
+    bins = []
+    while pool.count:
+        if pool.count > keep_waiting:
+            seed = pool.sizes[-1]
+        else:
+            seed = pool.oldest_from_before(window - max_wait + 1)
+            if seed is None:
+                break
+        bins.append(_fill_sequence(pool, seed, limits, window))
+    return bins, pool.items()
+
+
+@dataclass
+class Carry:
+    """What a window leaves to the next: open bins (best fit, next fit) and images not yet
+    in any sequence (exact fit), each as (size, position, window drawn)."""
+
+    bins: list[Bin] = field(default_factory=list)
+    waiting: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+def pack_window(
+    sizes: np.ndarray,
+    positions: np.ndarray,
+    limits: BinLimits,
+    strategy: str,
+    carry: Carry,
+    window: int,
+    keep: int,
+) -> tuple[list[Bin], Carry]:
+    """Pack one window's images with what the last window left; returns (finished, carry).
+
+    `keep` bounds what is carried on: open bins for best fit, waiting images for exact
+    fit (next fit carries its one open bin when keep > 0). keep=0 finishes everything, as
+    at an epoch's end, when carry-over is off, or before a config change. The carry must
+    come from the same strategy (the planner finishes it before any config change).
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    positions = np.asarray(positions, dtype=np.int64)
+    if (strategy == "exact_fit" and carry.bins) or (strategy != "exact_fit" and carry.waiting):
+        raise ValueError(f"a carry from another strategy cannot continue with {strategy!r}")
+    if strategy == "exact_fit":
+        drawn = zip(sizes.tolist(), positions.tolist(), strict=True)
+        waiting = carry.waiting + [(s, p, window) for s, p in drawn]
+        bins, still_waiting = exact_fit(waiting, limits, window, keep)
+        return bins, Carry([], still_waiting)
+    bins = pack(sizes, positions, limits, strategy, carry.bins)
+    if keep == 0:
+        return bins, Carry()
+    emitted, carried = split_carry(bins, limits, strategy, keep)
+    return emitted, Carry(carried)
+
+
 def pack(
     sizes: np.ndarray,
     positions: np.ndarray,
@@ -133,9 +335,12 @@ def pack(
     strategy: str = "best_fit",
     open_bins: list[Bin] | None = None,
 ) -> list[Bin]:
-    """Pack items with the named strategy (`best_fit` or `next_fit`)."""
+    """Pack items with the named strategy (`exact_fit`, `best_fit` or `next_fit`)."""
     sizes = np.asarray(sizes, dtype=np.int64)
     positions = np.asarray(positions, dtype=np.int64)
+    if strategy == "exact_fit":  # open bins pass through: exact fit builds whole sequences
+        waiting = [(s, p, 0) for s, p in zip(sizes.tolist(), positions.tolist(), strict=True)]
+        return list(open_bins or []) + exact_fit(waiting, limits, 0)[0]
     if strategy == "best_fit":
         return best_fit_decreasing(sizes, positions, limits, open_bins or [])
     if strategy == "next_fit":

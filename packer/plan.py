@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from packer.config import PackingConfig
-from packer.packing import Bin, BinLimits, pack, split_carry
+from packer.packing import Bin, BinLimits, Carry, pack_window
 from packer.sampling import plan_images
 
 _STREAM_EPOCH_ORDER = 0x5EED
@@ -164,6 +164,15 @@ class _Sequence:
     num_kept: np.ndarray
 
 
+def _carry_limit(config: PackingConfig) -> int:
+    """How much a window may leave to the next: exact fit keeps max(64, pack_window / 16)
+    small images waiting (enough to finish the next window's sequences exactly; fewer
+    cost 1% at pack_window 64), best fit its pack_window / 32 emptiest open bins."""
+    if config.packing == "exact_fit":
+        return max(64, config.pack_window // 16)
+    return max(1, config.pack_window // 32)
+
+
 class EpochPlanner:
     """Plans one epoch's batches lazily, window by window. Deterministic given its inputs.
 
@@ -193,14 +202,14 @@ class EpochPlanner:
         self._keys = index.column("key").to_numpy()
         self._cursor = 0  # images of self._order planned so far
         self._window = 0  # next unplanned window
-        self._carry: list[Bin] = []
+        self._carry = Carry()  # what the last window left to the next
         self._version: ConfigVersion | None = None  # the version of the last planned window
         self._pending: list[_Sequence] = []  # finished sequences not yet in a batch
         self._batches: OrderedDict[int, BatchPlan] = OrderedDict()  # the latest plans
         self._num_batches = 0  # batches planned so far
         self._replay: EpochPlanner | None = None  # regenerates forgotten plans
         self._done = False
-        self._images = {}  # row -> (grid_h, grid_w, num_kept) for rows in open bins
+        self._images = {}  # row -> (grid_h, grid_w, num_kept) for rows not yet in a batch
 
     @property
     def next_window(self) -> int:
@@ -281,37 +290,45 @@ class EpochPlanner:
             # Everything planned under the older config ships under it, in batches labelled
             # with its version (the last one short if need be), so every batch that says
             # version v holds only sequences v planned and honours v's limits.
-            self._pending.extend(self._finish(b) for b in self._carry)
-            self._carry = []
+            old = previous.config
+            finished, _ = pack_window(
+                np.zeros(0, np.int64),
+                np.zeros(0, np.int64),
+                BinLimits(old.seq_len, old.max_images_per_seq),
+                old.packing,
+                self._carry,
+                self._window,
+                keep=0,
+            )
+            self._pending.extend(self._finish(b) for b in finished)
+            self._carry = Carry()
             while self._pending:
-                count = min(previous.config.batch_size, len(self._pending))
+                count = min(old.batch_size, len(self._pending))
                 self._emit_batch(previous, count)
         self._version = version
         rows = self._order[self._cursor : self._cursor + config.pack_window]
         self._cursor += len(rows)
         last = self._cursor >= len(self._order)
-        if len(rows):
-            draws = plan_images(
-                config, self.epoch, self._keys[rows], self._widths[rows], self._heights[rows]
-            )
-            for r, gh, gw, nk in zip(
-                rows.tolist(),
-                draws["grid_h"].tolist(),
-                draws["grid_w"].tolist(),
-                draws["num_kept"].tolist(),
-                strict=True,
-            ):
-                self._images[r] = (gh, gw, nk)
-            limits = BinLimits(config.seq_len, config.max_images_per_seq)
-            bins = pack(draws["num_kept"], rows, limits, config.packing, self._carry)
-        else:
-            limits = BinLimits(config.seq_len, config.max_images_per_seq)
-            bins = list(self._carry)
-        if last or not config.carry_over:
-            emitted, self._carry = bins, []
-        else:
-            max_carry = max(1, config.pack_window // 32)
-            emitted, self._carry = split_carry(bins, limits, config.packing, max_carry)
+        draws = plan_images(
+            config, self.epoch, self._keys[rows], self._widths[rows], self._heights[rows]
+        )
+        for r, gh, gw, nk in zip(
+            rows.tolist(),
+            draws["grid_h"].tolist(),
+            draws["grid_w"].tolist(),
+            draws["num_kept"].tolist(),
+            strict=True,
+        ):
+            self._images[r] = (gh, gw, nk)
+        emitted, self._carry = pack_window(
+            draws["num_kept"],
+            rows,
+            BinLimits(config.seq_len, config.max_images_per_seq),
+            config.packing,
+            self._carry,
+            self._window,
+            keep=0 if last or not config.carry_over else _carry_limit(config),
+        )
         rng = np.random.default_rng([config.seed, self.epoch, self._window, _STREAM_WINDOW_ORDER])
         for n in rng.permutation(len(emitted)).tolist():
             self._pending.append(self._finish(emitted[n]))
