@@ -1,27 +1,30 @@
 """Service benchmark: Flight transport against a raw Arrow IPC socket, and control-plane
 latency while the pipeline streams at full speed. Prints JSON.
 
-    .venv/bin/python bench/bench_service.py [--batches 240] [--repeats 3] [--images 300]
+    .venv/bin/python bench/bench_service.py [--gb-per-run 7.5] [--repeats 5] [--images 300]
 
 Transport. Decoding images would dominate an end-to-end measure, so both transports
 serve the same pre-filled batches: a few real batches are filled once from sample data
-(seq_len 1024, batch_size 8, patch 16: about 6.3 MB each) and replayed. Flight runs the
+(seq_len 1024, patch 16; batch_size 64: about 50 MB each, the issue's setting, and
+batch_size 8, the default config: about 6.3 MB) and replayed. Flight runs the
 service's own server class (`service.flight.PackedFlightServer`: ticket parsing,
 GeneratorStream with per-batch app_metadata, the same code path as `navit serve`) over
 `service.replay.ReplaySource` instead of the Ray fill. The baseline is a bare TCP server
 in the same process writing the same record batches with `pa.ipc.new_stream`. Clients
 are separate processes (so they do not share the server's GIL) reading every batch;
-GB/s counts the record batches' Arrow bytes. One client reads `--batches` batches; two
-clients read half each, as ranks 0 and 1 (Flight) or two connections (raw socket).
+GB/s counts the record batches' Arrow bytes. One client reads `--gb-per-run` GB of
+batches; two clients read half each, as ranks 0 and 1 (Flight) or two connections (raw socket).
 Each is run as "default" (library defaults) and "tuned" (both clients with glibc's mmap
 threshold raised, the Flight client with 16 MB HTTP/2 frames and large socket reads; see
 TUNED_MALLOC and TUNED_GRPC); all runs alternate and the median of `--repeats` is kept.
 
-Why Flight trails the raw socket here (perf on the client): pyarrow's Flight client
-copies every message out of gRPC's slices into one buffer (FlightDataDeserialize ->
+With 50 MB batches one Flight client keeps up with the raw socket. With 6 MB batches it
+trails the tuned raw socket (perf on the client): pyarrow's Flight client copies every
+message out of gRPC's slices into one buffer (FlightDataDeserialize ->
 grpc_byte_buffer_reader_readall, ~18% of its CPU) on top of the kernel copy both pay,
-and HTTP/2 framing adds wake-ups; the server side is mostly the kernel's send copy. On
-a 2-core machine the clients are the bottleneck, so two Flight clients do not scale.
+and HTTP/2 framing adds per-message wake-ups; the server side is mostly the kernel's
+send copy. On a 2-core machine the clients are the bottleneck, so two Flight clients do
+not scale the way two raw sockets do.
 
 Control plane. `start_service` on a generated sample dataset with the embedded Ray;
 two client processes drain ranks 0 and 1 epoch after epoch while this process times
@@ -52,14 +55,14 @@ OUT = Path(__file__).parent / "out"
 # -- pre-filled batches ------------------------------------------------------------------
 
 
-def prefilled_batches(dataset: Path, count: int) -> list[pa.RecordBatch]:
+def prefilled_batches(dataset: Path, count: int, batch_size: int) -> list[pa.RecordBatch]:
     """`count` real batches of the transport config, filled once in this process."""
     from packer.config import PackingConfig
     from packer.index import load_index
     from packer.pipeline import fill_to_ipc
     from packer.plan import ConfigHistory, EpochPlanner
 
-    config = PackingConfig(seq_len=1024, batch_size=8, max_res=384, pack_window=256)
+    config = PackingConfig(seq_len=1024, batch_size=batch_size, max_res=384, pack_window=256)
     index = load_index(str(dataset), cache_dir=OUT / "index-cache")
     planner = EpochPlanner(index, ConfigHistory.start(config), 0)
     batches = []
@@ -355,9 +358,12 @@ def bench_control_plane(dataset: Path, duration_s: float, interval_s: float, cpu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=240, help="batches per transport run")
+    parser.add_argument("--gb-per-run", type=float, default=7.5, help="GB per transport run")
     parser.add_argument("--distinct", type=int, default=6, help="pre-filled batches replayed")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--batch-sizes", default="64,8", help="sequences per batch (64: 50 MB, 8: 6.3 MB)"
+    )
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--images", type=int, default=300, help="sample dataset size")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of requests")
     parser.add_argument("--interval", type=float, default=0.01, help="pause between requests")
@@ -376,8 +382,15 @@ def main() -> None:
         },
     }
     if not args.skip_transport:
-        batches = prefilled_batches(dataset, args.distinct)
-        report["transport"] = bench_transport(batches, args.batches, args.repeats)
+        report["transport"] = {}
+        for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+            batches = prefilled_batches(dataset, args.distinct, batch_size)
+            total = max(
+                2, round(args.gb_per_run * 1e9 / statistics.mean(b.nbytes for b in batches))
+            )
+            report["transport"][f"batch_size_{batch_size}"] = bench_transport(
+                batches, total, args.repeats
+            )
     if not args.skip_control_plane:
         report["control_plane"] = bench_control_plane(
             dataset, args.duration, args.interval, args.cpus
