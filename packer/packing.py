@@ -151,22 +151,23 @@ class _WaitingPool:
             self.count += 1
         self.sizes = sorted(self.by_size)  # distinct sizes with a waiting image
 
-    def take(self, size: int) -> int:
+    def take(self, size: int) -> tuple[int, int]:
+        """The oldest waiting image of this size, as (position, window drawn)."""
         queue = self.by_size[size]
-        position, _ = queue.popleft()
+        image = queue.popleft()
         self.count -= 1
         if not queue:
             del self.by_size[size]
             self.sizes.pop(bisect.bisect_left(self.sizes, size))
-        return position
+        return image
 
-    def put_back(self, size: int, position: int, window: int) -> None:
+    def put_back(self, size: int, image: tuple[int, int]) -> None:
         """Undo the latest take of this size (it was the oldest, so it goes first again)."""
         queue = self.by_size.get(size)
         if queue is None:
             queue = self.by_size[size] = deque()
             bisect.insort(self.sizes, size)
-        queue.appendleft((position, window))
+        queue.appendleft(image)
         self.count += 1
 
     def largest_at_most(self, limit: int) -> int | None:
@@ -219,13 +220,13 @@ def _subset_filling(pool: _WaitingPool, target: int, slots: int) -> list[int]:
     return greedy
 
 
-def _fill_sequence(pool: _WaitingPool, seed: int, limits: BinLimits, window: int) -> Bin:
+def _fill_sequence(pool: _WaitingPool, seed: int, limits: BinLimits) -> Bin:
     """One sequence: the seed image, large images down to a small gap, then an exact fill.
 
     For capacity 1024, seed 576 and waiting sizes [400, 300, 30, 18]: 400 would leave 48
     free, enough to fine-tune, so it goes in; then the subset-sum fills 48 with 30 + 18.
-    Had 400 left a gap no waiting images sum to, it goes back (at most twice per
-    sequence) and the subset-sum retries on the larger gap.
+    Had 400 left a gap no waiting images sum to, it goes back and the subset-sum retries
+    on the larger gap of 448 (and so on, down to the seed alone).
     """
     capacity, max_images = limits.capacity, limits.max_images
     span = max(1, capacity // 8)  # the gap the subset-sum closes
@@ -248,13 +249,13 @@ def _fill_sequence(pool: _WaitingPool, seed: int, limits: BinLimits, window: int
             break
         # Back off the last large image and retry on the larger gap; in the end the
         # subset-sum runs over every waiting image that fits beside the seed.
-        size, position = taken.pop()
-        pool.put_back(size, position, window)
+        size, image = taken.pop()
+        pool.put_back(size, image)
         used -= size
     for size in fill:
         taken.append((size, pool.take(size)))
         used += size
-    return Bin([position for _, position in taken], used)
+    return Bin([position for _, (position, _) in taken], used)
 
 
 def exact_fit(
@@ -274,7 +275,9 @@ def exact_fit(
     for size, _, _ in waiting:
         if size > limits.capacity:
             raise ValueError(f"an item of {size} tokens cannot fit capacity {limits.capacity}")
-    pool = _WaitingPool(waiting)  # `waiting` lists older windows first, as items() does
+    # Within a size, `waiting` lists older images first (items() keeps that order, and
+    # pack_window appends a window's new images after the carried ones).
+    pool = _WaitingPool(waiting)
     bins = []
     while pool.count:
         if pool.count > keep_waiting:
@@ -283,7 +286,7 @@ def exact_fit(
             seed = pool.oldest_from_before(window - max_wait + 1)
             if seed is None:
                 break
-        bins.append(_fill_sequence(pool, seed, limits, window))
+        bins.append(_fill_sequence(pool, seed, limits))
     return bins, pool.items()
 
 

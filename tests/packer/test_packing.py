@@ -133,6 +133,15 @@ def test_exact_fit_rejects_a_carry_from_another_strategy():
         )
 
 
+def test_an_image_put_back_keeps_its_place_and_age():
+    pool = _WaitingPool([(10, 7, 0), (10, 8, 3)])
+    image = pool.take(10)
+    assert image == (7, 0)
+    pool.put_back(10, image)  # a sequence backed off: image 7, drawn in window 0, waits on
+    assert pool.oldest_from_before(1) == 10
+    assert pool.items() == [(10, 7, 0), (10, 8, 3)]
+
+
 def test_exact_fit_oldest_waiting_image_is_forced_out():
     # Keep 5 waiting, but the image drawn in window 0 has waited max_wait=2 windows.
     waiting = [(10, 0, 0)] + [(10, i, 2) for i in range(1, 5)]
