@@ -117,6 +117,24 @@ class RawIpcServer:
         self.sock.close()
 
 
+class BareFlightServer(flight.FlightServerBase):
+    """The least a Flight server can do: the ticket is JSON {"count", "offset", "step"},
+    and do_get streams those batches as a RecordBatchStream (no app_metadata, no Python
+    per batch). It tells what Flight itself costs, apart from the service."""
+
+    def __init__(self, batches: list[pa.RecordBatch]) -> None:
+        super().__init__("grpc+tcp://127.0.0.1:0")
+        self.batches = batches
+
+    def do_get(self, context, ticket):
+        request = json.loads(ticket.ticket)
+        chosen = [
+            self.batches[(request["offset"] + i * request["step"]) % len(self.batches)]
+            for i in range(request["count"])
+        ]
+        return flight.RecordBatchStream(pa.Table.from_batches(chosen))
+
+
 # -- client processes --------------------------------------------------------------------
 
 
@@ -212,6 +230,8 @@ def bench_transport(batches: list[pa.RecordBatch], total: int, repeats: int) -> 
 
     server = PackedFlightServer(ReplaySource(batches, batches_per_epoch=total), "127.0.0.1", 0)
     location = f"grpc+tcp://127.0.0.1:{server.port}"
+    bare = BareFlightServer(batches)
+    bare_location = f"grpc+tcp://127.0.0.1:{bare.port}"
     raw = RawIpcServer(batches)
     report: dict = {
         "batch_bytes": int(statistics.mean(b.nbytes for b in batches)),
@@ -227,10 +247,17 @@ def bench_transport(batches: list[pa.RecordBatch], total: int, repeats: int) -> 
                 ]
                 for tuned in (False, True)
             }
-            raw_targets = [
-                (_raw_client, (raw.port, {"count": total // clients, "offset": r, "step": clients}))
-                for r in range(clients)
+            requests = [
+                {"count": total // clients, "offset": r, "step": clients} for r in range(clients)
             ]
+            raw_targets = [(_raw_client, (raw.port, request)) for request in requests]
+            bare_targets = {
+                tuned: [
+                    (_flight_client, (bare_location, json.dumps(request).encode(), tuned))
+                    for request in requests
+                ]
+                for tuned in (False, True)
+            }
             runs: dict[str, list[dict]] = {}
             for _ in range(repeats):
                 # Interleaved, so a burst of load elsewhere hits every variant alike.
@@ -238,6 +265,7 @@ def bench_transport(batches: list[pa.RecordBatch], total: int, repeats: int) -> 
                     variant = "tuned" if tuned else "default"
                     for name, targets in (
                         ("flight", flight_targets[tuned]),
+                        ("bare_flight", bare_targets[tuned]),
                         ("raw_socket", raw_targets),
                     ):
                         runs.setdefault(f"{name}/{variant}", []).append(_run_clients(targets, env))
@@ -246,14 +274,16 @@ def bench_transport(batches: list[pa.RecordBatch], total: int, repeats: int) -> 
                 median = sorted(results, key=lambda r: r["gb_per_s"])[len(results) // 2]
                 summary[name] = {**median, "all_gb_per_s": [r["gb_per_s"] for r in results]}
             for variant in ("default", "tuned"):
-                summary[f"flight_vs_raw/{variant}"] = round(
-                    summary[f"flight/{variant}"]["gb_per_s"]
-                    / summary[f"raw_socket/{variant}"]["gb_per_s"],
-                    3,
-                )
+                for baseline in ("raw_socket", "bare_flight"):
+                    summary[f"flight_vs_{baseline}/{variant}"] = round(
+                        summary[f"flight/{variant}"]["gb_per_s"]
+                        / summary[f"{baseline}/{variant}"]["gb_per_s"],
+                        3,
+                    )
             report[f"{clients}_client" + ("s" if clients > 1 else "")] = summary
     finally:
         raw.close()
+        bare.shutdown()
         server.shutdown()
     return report
 
