@@ -1,5 +1,6 @@
-"""Process helpers shared by the tests that run the product's commands as real processes
-(tests/deploy, tests/service/test_pretrain.py)."""
+"""Helpers shared by the tests that run the product's commands as real processes
+(tests/deploy, tests/service/test_pretrain.py): /proc lookups, waiting, and the check
+that trainers resumed from their data cursor."""
 
 from __future__ import annotations
 
@@ -54,3 +55,14 @@ def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"{name}: not {what} within {timeout} s:\n{output()}")
         time.sleep(interval)
+
+
+def assert_cursor_continues(metrics: list[dict]) -> None:
+    """Each step trained the batch after the previous step's: nothing lost or repeated."""
+    for before, after in zip(metrics, metrics[1:], strict=False):
+        same_epoch = (after["epoch"], after["next_batch"]) == (
+            before["epoch"],
+            before["next_batch"] + 1,
+        )
+        next_epoch = after["epoch"] == before["epoch"] + 1 and after["next_batch"] == 1
+        assert same_epoch or next_epoch, (before, after)

@@ -63,6 +63,8 @@ class ErrorResponse(BaseModel):
 
 # Documented on every route that reads a body: FastAPI answers 400 to unparsable JSON.
 BAD_BODY = {400: {"model": ErrorResponse, "description": "the body is not valid JSON"}}
+# Documented on every mutation: with a token configured, they need it (see deps.Authorized).
+UNAUTHORIZED = {401: {"model": ErrorResponse, "description": "missing or wrong bearer token"}}
 
 
 class EffectiveFrom(BaseModel):

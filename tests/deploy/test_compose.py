@@ -29,7 +29,7 @@ from compose_local import (
     load_compose,
     variables,
 )
-from processes import cmdline, wait_for
+from processes import assert_cursor_continues, cmdline, wait_for
 
 from packer.schema import from_record_batch
 
@@ -339,14 +339,3 @@ def kill_and_replace_worker(stack: LocalCompose, worker: LocalService, raylet: i
     worker.process.wait(60)
     replacement = stack.start("ray-worker", extra_args=ray_node_args(), log_name="ray-worker-2")
     wait_until(node_started(replacement), "started", replacement)
-
-
-def assert_cursor_continues(metrics: list[dict]) -> None:
-    """Each step trained the batch after the previous step's: nothing lost or repeated."""
-    for before, after in zip(metrics, metrics[1:], strict=False):
-        same_epoch = (after["epoch"], after["next_batch"]) == (
-            before["epoch"],
-            before["next_batch"] + 1,
-        )
-        next_epoch = after["epoch"] == before["epoch"] + 1 and after["next_batch"] == 1
-        assert same_epoch or next_epoch, (before, after)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from processes import cmdline, processes_with_env, wait_for
+from processes import assert_cursor_continues, cmdline, processes_with_env, wait_for
 
 from service.pretrain import (
     RUN_ENV,
@@ -171,17 +171,6 @@ def assert_nothing_left(run: Run, timeout: float = 30.0) -> None:
     while (left := run_processes(run.run_id)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, [cmdline(pid) for pid in left]
-
-
-def assert_cursor_continues(metrics: list[dict]) -> None:
-    """Each step trained the batch after the previous step's: nothing lost or repeated."""
-    for before, after in zip(metrics, metrics[1:], strict=False):
-        same_epoch = (after["epoch"], after["next_batch"]) == (
-            before["epoch"],
-            before["next_batch"] + 1,
-        )
-        next_epoch = after["epoch"] == before["epoch"] + 1 and after["next_batch"] == 1
-        assert same_epoch or next_epoch, (before, after)
 
 
 @pytest.mark.slow

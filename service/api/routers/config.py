@@ -9,7 +9,14 @@ from fastapi import APIRouter, Header, HTTPException, Response
 from packer.config import ConfigError
 from packer.plan import ConfigVersion
 from service.api.deps import ApiError, Authorized, JobDep, config_error_422
-from service.api.schemas import BAD_BODY, ConfigPatch, ConfigResponse, ErrorResponse, patch_values
+from service.api.schemas import (
+    BAD_BODY,
+    UNAUTHORIZED,
+    ConfigPatch,
+    ConfigResponse,
+    ErrorResponse,
+    patch_values,
+)
 from service.job import ConfigConflict, ServiceJob, VersionMismatch
 
 router = APIRouter(tags=["config"])
@@ -67,7 +74,7 @@ async def get_config(job: JobDep, response: Response) -> ConfigResponse:
     dependencies=[Authorized],
     responses={
         **BAD_BODY,
-        401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
+        **UNAUTHORIZED,
         409: {"model": ErrorResponse, "description": "valid, but cannot apply to a running job"},
         412: {"model": ErrorResponse, "description": "If-Match names another version"},
     },

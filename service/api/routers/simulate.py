@@ -10,6 +10,7 @@ from packer.config import ConfigError
 from service.api.deps import Authorized, JobDep, config_error_422
 from service.api.schemas import (
     BAD_BODY,
+    UNAUTHORIZED,
     ErrorResponse,
     SimulateRequest,
     SimulateResponse,
@@ -28,7 +29,7 @@ _one_at_a_time = threading.Semaphore(1)
     dependencies=[Authorized],
     responses={
         **BAD_BODY,
-        401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
+        **UNAUTHORIZED,
         429: {"model": ErrorResponse, "description": "another simulation is running"},
     },
 )

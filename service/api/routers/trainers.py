@@ -7,7 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from service.api.deps import Authorized, JobDep
-from service.api.schemas import BAD_BODY, ErrorResponse, TrainerOut, TrainerReport, TrainersResponse
+from service.api.schemas import (
+    BAD_BODY,
+    UNAUTHORIZED,
+    TrainerOut,
+    TrainerReport,
+    TrainersResponse,
+)
 
 router = APIRouter(tags=["trainers"])
 
@@ -16,10 +22,7 @@ router = APIRouter(tags=["trainers"])
     "/trainers/{rank}/report",
     response_model=TrainerOut,
     dependencies=[Authorized],
-    responses={
-        **BAD_BODY,
-        401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
-    },
+    responses={**BAD_BODY, **UNAUTHORIZED},
 )
 def post_report(
     rank: Annotated[int, Path(ge=0, le=65535)], report: TrainerReport, job: JobDep
