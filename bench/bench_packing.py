@@ -53,11 +53,13 @@ def compare(index, config: PackingConfig) -> dict:
     return out
 
 
-def waiting(index, config: PackingConfig) -> dict:
-    """How long images wait across windows: exact fit keeps small images waiting to finish
-    later sequences. An image's wait is the window whose planning shipped it minus the
-    window it was drawn in (best fit's carried bins wait the same way)."""
+def fill_and_wait(index, config: PackingConfig) -> dict:
+    """How many sequences end exactly full, and how long images wait across windows:
+    exact fit keeps small images waiting to finish later sequences. An image's wait is the
+    window whose planning shipped it minus the window it was drawn in (best fit's carried
+    bins wait the same way)."""
     planner = EpochPlanner(index, ConfigHistory.start(config), 0)
+    full = sequences = 0
     drawn_at = {int(row): n // config.pack_window for n, row in enumerate(planner._order)}
     rows = index.column("image_id").to_pylist()
     row_of = {image_id: r for r, image_id in enumerate(rows)}
@@ -65,8 +67,13 @@ def waiting(index, config: PackingConfig) -> dict:
     for plan in planner.iter_batches():
         shipped = (planner._cursor - 1) // config.pack_window
         waits += [shipped - drawn_at[row_of[i]] for i in plan.image_ids]
+        if plan.num_images:
+            tokens = np.bincount(plan.sequence, weights=plan.num_kept)
+            full += int((tokens == config.seq_len).sum())
+            sequences += int((tokens > 0).sum())
     waits = np.array(waits)
     return {
+        "sequences_exactly_full": round(full / sequences, 5),
         "images_shipped_in_a_later_window": round(float((waits > 0).mean()), 5),
         "mean_wait_windows": round(float(waits.mean()), 4),
         "max_wait_windows": int(waits.max()),
@@ -110,8 +117,8 @@ def main() -> None:
     report: dict = {"config": config.to_dict()}
     index = imagenet_like_index(args.images, seed=0)
     report[f"imagenet_like_{args.images}"] = compare(index, config)
-    report["waiting"] = {
-        packing: waiting(index, config.replace(packing=packing))
+    report["fill_and_wait"] = {
+        packing: fill_and_wait(index, config.replace(packing=packing))
         for packing in ("exact_fit", "best_fit")
     }
     curve = {}

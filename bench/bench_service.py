@@ -12,7 +12,9 @@ GeneratorStream with per-batch app_metadata, the same code path as `navit serve`
 `service.replay.ReplaySource` instead of the Ray fill. The baseline is a bare TCP server
 in the same process writing the same record batches with `pa.ipc.new_stream`. Clients
 are separate processes (so they do not share the server's GIL) reading every batch;
-GB/s counts the record batches' Arrow bytes. One client reads `--gb-per-run` GB of
+GB/s counts the record batches' Arrow bytes; CPU seconds per GB are summed over the
+client processes and, for the servers (threads of this process), taken from this
+process's CPU time over the run. One client reads `--gb-per-run` GB of
 batches; two clients read half each, as ranks 0 and 1 (Flight) or two connections (raw socket).
 Each is run as "default" (library defaults) and "tuned" (both clients with glibc's mmap
 threshold raised, the Flight client with 16 MB HTTP/2 frames and large socket reads; see
@@ -153,7 +155,7 @@ def _flight_client(location: str, ticket: bytes, tuned: bool, start, results) ->
     client = flight.FlightClient(location, generic_options=TUNED_GRPC if tuned else [])
     client.wait_for_available()
     start.wait()
-    began = time.time()
+    began, cpu = time.time(), time.process_time()
     reader = client.do_get(flight.Ticket(ticket))
     nbytes = batches = 0
     while True:
@@ -163,14 +165,14 @@ def _flight_client(location: str, ticket: bytes, tuned: bool, start, results) ->
             break
         nbytes += chunk.data.nbytes
         batches += 1
-    results.put((began, time.time(), nbytes, batches))
+    results.put((began, time.time(), nbytes, batches, time.process_time() - cpu))
     client.close()
 
 
 def _raw_client(port: int, request: dict, start, results) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
     start.wait()
-    began = time.time()
+    began, cpu = time.time(), time.process_time()
     with sock, sock.makefile("rwb") as stream:
         stream.write((json.dumps(request) + "\n").encode())
         stream.flush()
@@ -179,7 +181,7 @@ def _raw_client(port: int, request: dict, start, results) -> None:
         for batch in reader:
             nbytes += batch.nbytes
             batches += 1
-    results.put((began, time.time(), nbytes, batches))
+    results.put((began, time.time(), nbytes, batches, time.process_time() - cpu))
 
 
 # glibc serves allocations above its mmap threshold (128 KiB .. 32 MiB, adaptive) with
@@ -206,8 +208,12 @@ def _run_clients(targets: list[tuple], env: dict[str, str] | None = None) -> dic
             else:
                 os.environ[k] = v
     time.sleep(1.0)  # let every client import pyarrow and connect before the clock starts
+    # The servers run as threads of this process, which otherwise only waits here: its
+    # CPU time over the run is the server side's.
+    server_cpu = time.process_time()
     start.set()
     outcomes = [results.get(timeout=600) for _ in processes]
+    server_cpu = time.process_time() - server_cpu
     for p in processes:
         p.join()
     began = min(o[0] for o in outcomes)
@@ -220,6 +226,8 @@ def _run_clients(targets: list[tuple], env: dict[str, str] | None = None) -> dic
         "batches": batches,
         "gb_per_s": round(nbytes / seconds / 1e9, 3),
         "batches_per_s": round(batches / seconds, 1),
+        "server_cpu_s_per_gb": round(server_cpu / (nbytes / 1e9), 3),
+        "clients_cpu_s_per_gb": round(sum(o[4] for o in outcomes) / (nbytes / 1e9), 3),
     }
 
 
