@@ -75,7 +75,10 @@ def fill_batch(plan: BatchPlan, reader: ByteReader | None = None) -> FillResult:
             continue
         tokens = kept_token_indices(config, plan.epoch, int(plan.key[i]), gh * gw, n_keep)
         start, stop = int(next_token[s]), int(next_token[s]) + len(tokens)
-        patches[s, start:stop] = patchify(image, p)[tokens]
+        if n_keep == gh * gw:  # nothing dropped: one copy, straight into the slot
+            patchify(image, p, out=patches[s, start:stop])
+        else:
+            patches[s, start:stop] = patchify(image, p)[tokens]
         segment_ids[s, start:stop] = next_slot[s]
         patch_rows[s, start:stop] = tokens // gw
         patch_cols[s, start:stop] = tokens % gw

@@ -11,8 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def patchify(image: np.ndarray, patch_size: int) -> np.ndarray:
-    """[H, W, 3] uint8 with H, W multiples of patch_size -> [(H/p)*(W/p), p*p*3] uint8."""
+def patchify(image: np.ndarray, patch_size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """[H, W, 3] uint8 with H, W multiples of patch_size -> [(H/p)*(W/p), p*p*3] uint8.
+
+    With `out` (a C-contiguous [(H/p)*(W/p), p*p*3] uint8 array, such as a slot of a
+    packed sequence) the patches are written there in one copy and `out` is returned.
+    """
     _check_patch_size(patch_size)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"patchify expects an [H, W, 3] image, got shape {image.shape}")
@@ -28,7 +32,16 @@ def patchify(image: np.ndarray, patch_size: int) -> np.ndarray:
     grid_h, grid_w = height // p, width // p
     # [gh, p, gw, p, 3] -> [gh, gw, p, p, 3]: grid axes first, then in-patch (py, px, c).
     blocks = image.reshape(grid_h, p, grid_w, p, 3).transpose(0, 2, 1, 3, 4)
-    return np.ascontiguousarray(blocks).reshape(grid_h * grid_w, p * p * 3)
+    if out is None:
+        return np.ascontiguousarray(blocks).reshape(grid_h * grid_w, p * p * 3)
+    expected = (grid_h * grid_w, p * p * 3)
+    if out.shape != expected or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError(
+            f"out must be a C-contiguous uint8 array of shape {expected}, got "
+            f"{out.dtype} {out.shape}"
+        )
+    np.copyto(out.reshape(grid_h, grid_w, p, p, 3), blocks)
+    return out
 
 
 def unpatchify(patches: np.ndarray, grid_h: int, grid_w: int, patch_size: int) -> np.ndarray:

@@ -26,6 +26,30 @@ def test_unpatchify_inverts_patchify_exactly(grid_h, grid_w, patch_size, seed):
     np.testing.assert_array_equal(unpatchify(patches, grid_h, grid_w, patch_size), image)
 
 
+def test_patchify_into_a_slot_of_a_sequence_writes_the_same_patches_there():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 48, 3), np.uint8)
+    sequence = np.zeros((10, 16 * 16 * 3), np.uint8)
+    returned = patchify(image, 16, out=sequence[2:8])
+    np.testing.assert_array_equal(sequence[2:8], patchify(image, 16))
+    assert np.shares_memory(returned, sequence)
+    assert not sequence[:2].any() and not sequence[8:].any()  # nothing outside the slot
+
+
+@pytest.mark.parametrize(
+    "out",
+    [
+        np.zeros((5, 768), np.uint8),
+        np.zeros((6, 768), np.int16),
+        np.zeros((6, 1536), np.uint8)[:, ::2],
+    ],
+    ids=["wrong-count", "wrong-dtype", "not-contiguous"],
+)
+def test_patchify_rejects_an_out_array_the_patches_do_not_fit(out):
+    with pytest.raises(ValueError, match="out must be"):
+        patchify(np.zeros((32, 48, 3), np.uint8), 16, out=out)
+
+
 def test_worked_case_patch_four_of_a_2x3_grid_holds_its_block_in_py_px_c_order():
     # A 32x48 image at p=16 is a 2x3 grid; patch 4 (row 1, col 1) covers rows 16..31
     # and columns 16..31. Pixel values encode their own position so order errors show.
