@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -131,36 +131,6 @@ class BatchPlan:
     @property
     def real_tokens(self) -> int:
         return int(self.num_kept.sum())
-
-    def rows(self, start: int, stop: int) -> BatchPlan:
-        """The part of this plan that fills rows start..stop-1, as a plan of stop - start
-        rows with the same batch index. Filling the parts of a plan and stacking them
-        (`packer.schema.concat_batches`) gives the batch that filling the whole plan
-        gives, so a slow batch can be filled by several workers.
-
-        For sequence = [0, 0, 1, 2, 2] and rows 1..3: the part holds images 2, 3, 4 with
-        sequence = [0, 1, 1].
-        """
-        if not 0 <= start < stop <= self.num_sequences:
-            raise ValueError(f"rows {start}..{stop} outside 0..{self.num_sequences}")
-        # Images are in row order, so a row range is one contiguous range of images.
-        first, last = np.searchsorted(self.sequence, [start, stop]).tolist()
-        images = slice(first, last)
-        return replace(
-            self,
-            num_sequences=stop - start,
-            sequence=self.sequence[images] - np.int32(start),
-            image_ids=self.image_ids[images],
-            uri=self.uri[images],
-            offset=self.offset[images],
-            length=self.length[images],
-            row=self.row[images],
-            label=self.label[images],
-            key=self.key[images],
-            grid_h=self.grid_h[images],
-            grid_w=self.grid_w[images],
-            num_kept=self.num_kept[images],
-        )
 
     @classmethod
     def empty(cls, epoch: int, batch: int, version: ConfigVersion) -> BatchPlan:

@@ -120,30 +120,6 @@ class PackedBatch:
         )
 
 
-def concat_batches(parts: list[PackedBatch]) -> PackedBatch:
-    """Stack batches row-wise: the parts of one plan (`BatchPlan.rows`) into its batch.
-
-    Per-image arrays are in row order, so they simply follow one another: parts with
-    images [a, b] and [c] give image_ids [a, b, c].
-    """
-    if not parts:
-        raise ValueError("concat_batches needs at least one part")
-    first = parts[0]
-    return PackedBatch(
-        patches=np.concatenate([b.patches for b in parts]),
-        segment_ids=np.concatenate([b.segment_ids for b in parts]),
-        patch_rows=np.concatenate([b.patch_rows for b in parts]),
-        patch_cols=np.concatenate([b.patch_cols for b in parts]),
-        images_per_seq=np.concatenate([b.images_per_seq for b in parts]),
-        image_grid_h=np.concatenate([b.image_grid_h for b in parts]),
-        image_grid_w=np.concatenate([b.image_grid_w for b in parts]),
-        labels=np.concatenate([b.labels for b in parts]),
-        image_ids=[image_id for b in parts for image_id in b.image_ids],
-        patch_size=first.patch_size,
-        config_version=first.config_version,
-    )
-
-
 def _list_array(values: np.ndarray, counts: np.ndarray, value_type: pa.DataType) -> pa.Array:
     offsets = np.zeros(len(counts) + 1, np.int32)
     np.cumsum(counts, out=offsets[1:])

@@ -1,6 +1,5 @@
 """The fill step on real image files, without Ray."""
 
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from packer.index import load_index
 from packer.patchify import unpatchify
 from packer.plan import ConfigHistory, EpochPlanner
 from packer.sample_data import write_sample_dataset
-from packer.schema import concat_batches, from_record_batch, to_record_batch
+from packer.schema import from_record_batch, to_record_batch
 
 CONFIG = PackingConfig(seq_len=256, max_res=192, batch_size=4, pack_window=32)
 
@@ -87,38 +86,3 @@ def test_a_corrupt_image_lets_the_later_images_of_its_sequence_move_up(odd_datas
         assert set(real.tolist()) == set(range(1, k + 1))
         assert np.all(row[len(real) :] == 0)
     assert batch.num_images == plan.num_images - 1
-
-
-def test_plan_rows_worked_case_keeps_the_images_of_those_rows_renumbered(odd_dataset):
-    root, _ = odd_dataset
-    _, plans = _plans(root)
-    plan = plans[0]
-    part = plan.rows(1, 3)
-    images = np.flatnonzero((plan.sequence >= 1) & (plan.sequence < 3))
-    assert part.num_sequences == 2 and part.batch == plan.batch
-    assert part.sequence.tolist() == (plan.sequence[images] - 1).tolist()
-    assert part.image_ids == [plan.image_ids[i] for i in images]
-    np.testing.assert_array_equal(part.grid_w, plan.grid_w[images])
-    with pytest.raises(ValueError, match="outside"):
-        plan.rows(2, 2)
-    with pytest.raises(ValueError, match="outside"):
-        plan.rows(0, plan.num_sequences + 1)
-
-
-def test_filling_a_plan_in_parts_gives_the_batch_of_the_whole_plan(odd_dataset):
-    # The odd images include corrupt ones, so rejections inside a part are covered too.
-    root, _ = odd_dataset
-    _, plans = _plans(root)
-    checked_rejects = 0
-    for plan in plans:
-        whole = fill_batch(plan)
-        n = plan.num_sequences
-        for bounds in ([0, n], [0, n // 2, n], list(range(n + 1))):
-            if sorted(set(bounds)) != bounds:
-                continue
-            results = [fill_batch(plan.rows(a, b)) for a, b in pairwise(bounds)]
-            stacked = concat_batches([r.batch for r in results])
-            assert to_record_batch(stacked).equals(to_record_batch(whole.batch))
-            assert [r for part in results for r in part.rejected] == whole.rejected
-        checked_rejects += len(whole.rejected)
-    assert checked_rejects > 0

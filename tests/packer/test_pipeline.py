@@ -7,13 +7,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from image_cases import write_odd_images
 
 from packer.config import PackingConfig
 from packer.index import load_index
-from packer.pipeline import SPLIT_BELOW_PLANS_PER_CPU, fill_blocks
 from packer.plan import ConfigHistory
 from packer.sample_data import write_sample_dataset
 from packer.schema import from_record_batch
@@ -106,45 +103,3 @@ def test_same_seed_gives_identical_batches_with_one_and_two_ray_cpus(sample, tmp
     assert report["stats"]["images_packed"] == 40
     classes = json.loads((tmp_path / "one" / "classes.json").read_text())
     assert classes == ["checkers", "circles", "squares", "stripes"]
-
-
-def _units(blocks):
-    return [(u.plan, u.start, u.stop) for block in blocks for u in block]
-
-
-def test_fill_blocks_worked_case_ten_plans_on_two_cpus():
-    blocks = fill_blocks([8] * 10, cpus=2)
-    assert [[u.plan for u in block] for block in blocks[:5]] == [[0, 1], [2], [3], [4], [5]]
-    assert _units(blocks[5:9]) == [(6, 0, 4), (6, 4, 8), (7, 0, 4), (7, 4, 8)]
-    assert _units(blocks[9:13]) == [(8, 0, 2), (8, 2, 4), (8, 4, 6), (8, 6, 8)]
-    assert all(len(block) == 1 for block in blocks[5:]) and len(blocks) == 17
-
-
-def test_fill_blocks_split_no_plan_when_every_cpu_has_many():
-    blocks = fill_blocks([8] * (SPLIT_BELOW_PLANS_PER_CPU * 2), cpus=2)
-    assert all(u.parts == 1 and (u.start, u.stop) == (0, 8) for b in blocks for u in b)
-    assert len(blocks[-1]) == 1  # still ending on single plans
-
-
-@settings(max_examples=80, deadline=None)
-@given(
-    num_rows=st.lists(st.integers(1, 12), min_size=1, max_size=80),
-    cpus=st.integers(1, 8),
-    max_plans=st.integers(1, 6),
-)
-def test_fill_blocks_cover_every_row_of_every_plan_once_in_order(num_rows, cpus, max_plans):
-    blocks = fill_blocks(num_rows, cpus, max_plans)
-    covered = {}
-    for block in blocks:
-        assert 1 <= len(block) <= max_plans
-        assert len(block) == 1 or all(u.parts == 1 for u in block)  # parts travel alone
-        for u in block:
-            covered.setdefault(u.plan, []).append((u.part, u.parts, u.start, u.stop))
-    assert list(covered) == list(range(len(num_rows)))
-    for plan, units in covered.items():
-        parts = units[0][1]
-        assert [u[0] for u in units] == list(range(parts)) and {u[1] for u in units} == {parts}
-        edges = [units[0][2]] + [u[3] for u in units]
-        assert edges[0] == 0 and edges[-1] == num_rows[plan]
-        assert all(u[2] == prev for u, prev in zip(units, edges, strict=False))
-        assert all(u[2] < u[3] for u in units)
