@@ -12,6 +12,8 @@ Two data sets are generated once under bench/out/ (not in git): photo-sized JPEG
 (about 0.2 MP, like ImageNet) and camera-sized JPEGs (6 MP). Prints JSON with ratios.
 600 camera JPEGs make a run of about 9 s; with 200 (3 s) Ray's start (about 0.2 s) and
 the last block's tail on one CPU weigh about 7% more against the Pool's warm workers.
+Every round runs single, naive (camera), Pool and ours back to back; each ratio is the
+median over rounds of the ratio within a round.
 """
 
 from __future__ import annotations
@@ -107,36 +109,50 @@ def _ours_rate(index, config: PackingConfig) -> float:
         return stats.images_packed / (time.perf_counter() - started)
 
 
+def _median_ratio(ratios) -> float:
+    return round(statistics.median(ratios), 3)
+
+
 def measure(dataset: Path, config: PackingConfig, cpus: int, naive: bool, rounds: int) -> dict:
     """Median rates over `rounds` interleaved rounds (this machine is shared and noisy)."""
     items = _work_items(dataset, config)
     index = load_index(str(dataset))
-    single = _rate(_best_path, items[: max(len(items) // 2, 1)])
-    result = {"images": len(items), "single_images_per_s": round(single, 1)}
-    if naive:
-        result["naive_images_per_s"] = round(
-            _rate(_naive_path, items[: max(len(items) // 4, 1)]), 1
-        )
-    pools, ours_rates = [], []
+    result: dict = {"images": len(items)}
+    singles, pools, ours_rates, naives = [], [], [], []
     with multiprocessing.get_context("spawn").Pool(cpus) as pool:
         pool.map(_best_path, items[: 2 * cpus])  # warm the workers' imports
         _ours_rate(index, config)  # warm: Ray workers, imports
+        # The single process runs in every round too: this machine's speed drifts by
+        # ±10% over minutes, so a single figure taken once would skew every ratio.
         for _ in range(rounds):
+            singles.append(_rate(_best_path, items[: max(len(items) // 2, 1)]))
+            if naive:
+                naives.append(_rate(_naive_path, items[: max(len(items) // 8, 1)]))
             pools.append(_pool_rate(pool, items))
             ours_rates.append(_ours_rate(index, config))
+    single = statistics.median(singles)
     pool_rate, ours = statistics.median(pools), statistics.median(ours_rates)
+    result["single_rounds"] = [round(r, 1) for r in singles]
     result["pool_rounds"] = [round(r, 1) for r in pools]
     result["ours_rounds"] = [round(r, 1) for r in ours_rates]
+    # Ratios are taken within each round (the three ran back to back) and then the
+    # median over rounds, so a slow or fast spell of the machine cancels out.
+    rounds_ = list(zip(singles, pools, ours_rates, strict=True))
     result.update(
         {
+            "single_images_per_s": round(single, 1),
             "pool_images_per_s": round(pool_rate, 1),
             "ours_images_per_s": round(ours, 1),
-            "ours_per_core_vs_single": round(ours / cpus / single, 3),
-            "ours_vs_pool": round(ours / pool_rate, 3),
+            "pool_per_core_vs_single": _median_ratio(p / cpus / s for s, p, _ in rounds_),
+            "ours_per_core_vs_single": _median_ratio(o / cpus / s for s, _, o in rounds_),
+            "ours_vs_pool": _median_ratio(o / p for _, p, o in rounds_),
         }
     )
     if naive:
-        result["ours_vs_naive_single_core"] = round(ours / cpus / result["naive_images_per_s"], 2)
+        result["naive_images_per_s"] = round(statistics.median(naives), 1)
+        result["ours_vs_naive_single_core"] = round(
+            statistics.median(o / cpus / n for o, n in zip(ours_rates, naives, strict=True)), 2
+        )
     return result
 
 
@@ -145,7 +161,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=3000)
     parser.add_argument("--camera", type=int, default=600)
     parser.add_argument("--cpus", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     from packer.pipeline import init_ray
 
