@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,30 +89,57 @@ def _naive_path(item: tuple[str, int, int]) -> int:
     return patchify(image, 16).shape[0]
 
 
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (Linux /proc/stat: all but idle and
+    iowait), so Ray's driver, raylet, GCS and workers are all counted."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class _Run:
+    """One timed run: images per second, and CPU milliseconds per image spent by the
+    machine (every process) and by this process (for ours: Ray's driver)."""
+
+    rate: float
+    machine_cpu_ms: float
+    own_cpu_ms: float
+
+
+def _timed(images: int, run) -> _Run:
+    wall, busy, own = time.perf_counter(), _machine_busy_s(), time.process_time()
+    run()
+    wall = time.perf_counter() - wall
+    busy, own = _machine_busy_s() - busy, time.process_time() - own
+    return _Run(images / wall, 1e3 * busy / images, 1e3 * own / images)
+
+
 def _rate(fn, items) -> float:
-    started = time.perf_counter()
-    for item in items:
-        fn(item)
-    return len(items) / (time.perf_counter() - started)
+    return _single(fn, items).rate
 
 
-def _pool_rate(pool, items) -> float:
-    started = time.perf_counter()
-    pool.map(_best_path, items, chunksize=8)
-    return len(items) / (time.perf_counter() - started)
+def _single(fn, items) -> _Run:
+    return _timed(len(items), lambda: [fn(item) for item in items])
 
 
-def _ours_rate(index, config: PackingConfig) -> float:
+def _pool_run(pool, items) -> _Run:
+    return _timed(len(items), lambda: pool.map(_best_path, items, chunksize=8))
+
+
+def _ours_run(index, config: PackingConfig) -> _Run:
     from packer.pipeline import pack_to_dir
 
+    images = index.num_rows
     with tempfile.TemporaryDirectory() as out:
-        started = time.perf_counter()
-        stats = pack_to_dir(index, ConfigHistory.start(config), out)
-        return stats.images_packed / (time.perf_counter() - started)
+        return _timed(images, lambda: pack_to_dir(index, ConfigHistory.start(config), out))
 
 
 def _median_ratio(ratios) -> float:
     return round(statistics.median(ratios), 3)
+
+
+def _median_ms(values) -> float:
+    return round(statistics.median(values), 3)
 
 
 def measure(dataset: Path, config: PackingConfig, cpus: int, naive: bool, rounds: int) -> dict:
@@ -118,34 +147,44 @@ def measure(dataset: Path, config: PackingConfig, cpus: int, naive: bool, rounds
     items = _work_items(dataset, config)
     index = load_index(str(dataset))
     result: dict = {"images": len(items)}
-    singles, pools, ours_rates, naives = [], [], [], []
+    singles, pools, ours_runs, naives = [], [], [], []
     with multiprocessing.get_context("spawn").Pool(cpus) as pool:
         pool.map(_best_path, items[: 2 * cpus])  # warm the workers' imports
-        _ours_rate(index, config)  # warm: Ray workers, imports
+        _ours_run(index, config)  # warm: Ray workers, imports
         # The single process runs in every round too: this machine's speed drifts by
         # ±10% over minutes, so a single figure taken once would skew every ratio.
         for _ in range(rounds):
-            singles.append(_rate(_best_path, items[: max(len(items) // 2, 1)]))
+            singles.append(_single(_best_path, items[: max(len(items) // 2, 1)]))
             if naive:
                 naives.append(_rate(_naive_path, items[: max(len(items) // 8, 1)]))
-            pools.append(_pool_rate(pool, items))
-            ours_rates.append(_ours_rate(index, config))
-    single = statistics.median(singles)
-    pool_rate, ours = statistics.median(pools), statistics.median(ours_rates)
-    result["single_rounds"] = [round(r, 1) for r in singles]
-    result["pool_rounds"] = [round(r, 1) for r in pools]
+            pools.append(_pool_run(pool, items))
+            ours_runs.append(_ours_run(index, config))
+    single = statistics.median(r.rate for r in singles)
+    pool_rate = statistics.median(r.rate for r in pools)
+    ours = statistics.median(r.rate for r in ours_runs)
+    ours_rates = [r.rate for r in ours_runs]
+    result["single_rounds"] = [round(r.rate, 1) for r in singles]
+    result["pool_rounds"] = [round(r.rate, 1) for r in pools]
     result["ours_rounds"] = [round(r, 1) for r in ours_rates]
     # Ratios are taken within each round (the three ran back to back) and then the
     # median over rounds, so a slow or fast spell of the machine cancels out.
-    rounds_ = list(zip(singles, pools, ours_rates, strict=True))
+    rounds_ = list(zip(singles, pools, ours_runs, strict=True))
     result.update(
         {
             "single_images_per_s": round(single, 1),
             "pool_images_per_s": round(pool_rate, 1),
             "ours_images_per_s": round(ours, 1),
-            "pool_per_core_vs_single": _median_ratio(p / cpus / s for s, p, _ in rounds_),
-            "ours_per_core_vs_single": _median_ratio(o / cpus / s for s, _, o in rounds_),
-            "ours_vs_pool": _median_ratio(o / p for _, p, o in rounds_),
+            "pool_per_core_vs_single": _median_ratio(p.rate / cpus / s.rate for s, p, _ in rounds_),
+            "ours_per_core_vs_single": _median_ratio(o.rate / cpus / s.rate for s, _, o in rounds_),
+            "ours_vs_pool": _median_ratio(o.rate / p.rate for _, p, o in rounds_),
+            # Where the time goes: CPU ms per image of the single process, of the whole
+            # machine during Pool(2) and during ours, and of Ray's driver during ours.
+            "cpu_ms_per_image": {
+                "single": _median_ms(r.own_cpu_ms for r in singles),
+                "pool_machine": _median_ms(r.machine_cpu_ms for r in pools),
+                "ours_machine": _median_ms(r.machine_cpu_ms for r in ours_runs),
+                "ours_driver": _median_ms(r.own_cpu_ms for r in ours_runs),
+            },
         }
     )
     if naive:
