@@ -106,32 +106,31 @@ class _Run:
     own_cpu_ms: float
 
 
-def _timed(images: int, run) -> _Run:
+def _timed(run) -> _Run:
+    """Time `run()`, which returns how many images it delivered."""
     wall, busy, own = time.perf_counter(), _machine_busy_s(), time.process_time()
-    run()
+    images = run()
     wall = time.perf_counter() - wall
     busy, own = _machine_busy_s() - busy, time.process_time() - own
     return _Run(images / wall, 1e3 * busy / images, 1e3 * own / images)
 
 
-def _rate(fn, items) -> float:
-    return _single(fn, items).rate
-
-
 def _single(fn, items) -> _Run:
-    return _timed(len(items), lambda: [fn(item) for item in items])
+    return _timed(lambda: len([fn(item) for item in items]))
 
 
 def _pool_run(pool, items) -> _Run:
-    return _timed(len(items), lambda: pool.map(_best_path, items, chunksize=8))
+    return _timed(lambda: len(pool.map(_best_path, items, chunksize=8)))
 
 
-def _ours_run(index, config: PackingConfig) -> _Run:
+def _ours_run(index, config: PackingConfig, plans_per_block: int | None) -> _Run:
     from packer.pipeline import pack_to_dir
 
-    images = index.num_rows
+    history = ConfigHistory.start(config)
     with tempfile.TemporaryDirectory() as out:
-        return _timed(images, lambda: pack_to_dir(index, ConfigHistory.start(config), out))
+        return _timed(
+            lambda: pack_to_dir(index, history, out, plans_per_block=plans_per_block).images_packed
+        )
 
 
 def _median_ratio(ratios) -> float:
@@ -142,7 +141,14 @@ def _median_ms(values) -> float:
     return round(statistics.median(values), 3)
 
 
-def measure(dataset: Path, config: PackingConfig, cpus: int, naive: bool, rounds: int) -> dict:
+def measure(
+    dataset: Path,
+    config: PackingConfig,
+    cpus: int,
+    naive: bool,
+    rounds: int,
+    plans_per_block: int | None = None,
+) -> dict:
     """Median rates over `rounds` interleaved rounds (this machine is shared and noisy)."""
     items = _work_items(dataset, config)
     index = load_index(str(dataset))
@@ -150,22 +156,21 @@ def measure(dataset: Path, config: PackingConfig, cpus: int, naive: bool, rounds
     singles, pools, ours_runs, naives = [], [], [], []
     with multiprocessing.get_context("spawn").Pool(cpus) as pool:
         pool.map(_best_path, items[: 2 * cpus])  # warm the workers' imports
-        _ours_run(index, config)  # warm: Ray workers, imports
+        _ours_run(index, config, plans_per_block)  # warm: Ray workers, imports
         # The single process runs in every round too: this machine's speed drifts by
         # ±10% over minutes, so a single figure taken once would skew every ratio.
         for _ in range(rounds):
             singles.append(_single(_best_path, items[: max(len(items) // 2, 1)]))
             if naive:
-                naives.append(_rate(_naive_path, items[: max(len(items) // 8, 1)]))
+                naives.append(_single(_naive_path, items[: max(len(items) // 8, 1)]).rate)
             pools.append(_pool_run(pool, items))
-            ours_runs.append(_ours_run(index, config))
+            ours_runs.append(_ours_run(index, config, plans_per_block))
     single = statistics.median(r.rate for r in singles)
     pool_rate = statistics.median(r.rate for r in pools)
     ours = statistics.median(r.rate for r in ours_runs)
-    ours_rates = [r.rate for r in ours_runs]
     result["single_rounds"] = [round(r.rate, 1) for r in singles]
     result["pool_rounds"] = [round(r.rate, 1) for r in pools]
-    result["ours_rounds"] = [round(r, 1) for r in ours_rates]
+    result["ours_rounds"] = [round(r.rate, 1) for r in ours_runs]
     # Ratios are taken within each round (the three ran back to back) and then the
     # median over rounds, so a slow or fast spell of the machine cancels out.
     rounds_ = list(zip(singles, pools, ours_runs, strict=True))
@@ -190,7 +195,7 @@ def measure(dataset: Path, config: PackingConfig, cpus: int, naive: bool, rounds
     if naive:
         result["naive_images_per_s"] = round(statistics.median(naives), 1)
         result["ours_vs_naive_single_core"] = round(
-            statistics.median(o / cpus / n for o, n in zip(ours_rates, naives, strict=True)), 2
+            statistics.median(o.rate / cpus / n for o, n in zip(ours_runs, naives, strict=True)), 2
         )
     return result
 
@@ -201,6 +206,12 @@ def main() -> None:
     parser.add_argument("--camera", type=int, default=600)
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--plans-per-block",
+        type=int,
+        default=None,
+        help="pack_to_dir's plans per Ray Data block (default: its own choice, up to 4)",
+    )
     args = parser.parse_args()
     from packer.pipeline import init_ray
 
@@ -210,8 +221,12 @@ def main() -> None:
     camera = _write_jpegs(OUT / f"camera-{args.camera}", args.camera, (3000, 2000), seed=2)
     report = {
         "cpus": args.cpus,
-        "photo_jpegs_500x375": measure(photos, config, args.cpus, False, args.rounds),
-        "camera_jpegs_3000x2000": measure(camera, config, args.cpus, True, args.rounds),
+        "photo_jpegs_500x375": measure(
+            photos, config, args.cpus, False, args.rounds, args.plans_per_block
+        ),
+        "camera_jpegs_3000x2000": measure(
+            camera, config, args.cpus, True, args.rounds, args.plans_per_block
+        ),
     }
     print(json.dumps(report, indent=2))
 
