@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 
 from packer.config import PackingConfig
+from packer.contract.schema import PackedBatch, to_record_batch
 from packer.packing import BinLimits, pack
 from packer.sampling import sample_resolutions, target_grids
-from packer.schema import PackedBatch, to_record_batch
 from packer.synthetic import imagenet_like_sizes
 from trainer.data import iter_batches, to_device
 from trainer.model import MODEL_INPUTS, MODEL_SIZES, NaViT, NaViTConfig, pad_one_image_per_row

@@ -1,5 +1,5 @@
 # GPU trainer image: torch (CUDA) + pyarrow + numpy + tqdm and the trainer code only, no
-# Ray and no service code (the trainer imports nothing else: trainer/ and packer/schema.py).
+# Ray and no service code (the trainer imports nothing else: trainer/ and packer/contract/schema.py).
 #   docker build -f deploy/trainer.Dockerfile -t navit-pack-trainer .
 # Needs the NVIDIA driver and container toolkit on the host; the CUDA runtime libraries
 # come with the torch wheel.
@@ -22,7 +22,7 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.
 
 WORKDIR /app
 ENV PYTHONPATH=/app
-COPY packer/__init__.py packer/schema.py packer/
+COPY packer/__init__.py packer/contract/schema.py packer/
 COPY trainer trainer
 COPY deploy/train.sh deploy/train.sh
 

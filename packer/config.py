@@ -17,7 +17,7 @@ ResolutionDist = Literal["uniform", "truncnorm"]
 TokenDrop = Literal["none", "constant", "beta", "resolution"]
 PackingStrategy = Literal["exact_fit", "best_fit", "next_fit"]
 
-# Patch coordinates travel as int16 (see packer.schema), so no grid side may pass this.
+# Patch coordinates travel as int16 (see packer.contract.schema), so no grid side may pass this.
 _MAX_SEQ_LEN = 32767
 
 

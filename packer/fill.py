@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from packer.contract.schema import PackedBatch
 from packer.imageio import RejectedImage, decode_resized
 from packer.patchify import patchify
 from packer.plan import BatchPlan
 from packer.sampling import kept_token_indices
-from packer.schema import PackedBatch
 from packer.sources import ByteReader
 
 

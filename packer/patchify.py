@@ -1,7 +1,7 @@
 """Cut an image into square patches and put it back together, with reshapes only.
 
 A patch is flattened in (py, px, channel) order and patches run row-major over the grid,
-which is the order of the `patches` column of the packed batch (see packer.schema). For
+which is the order of the `patches` column of the packed batch (see packer.contract.schema). For
 a 32x48 RGB image at p=16 the grid is 2x3; patch 4 is the block rows 16..31, columns
 16..31, and its value at index (py * 16 + px) * 3 + c is image[16 + py, 16 + px, c].
 """

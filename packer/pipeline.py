@@ -30,10 +30,10 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from packer.contract.schema import PackedBatch, from_record_batch, to_record_batch
 from packer.fill import fill_batch
 from packer.index import header_rejects
 from packer.plan import BatchPlan, ConfigHistory, EpochPlanner
-from packer.schema import PackedBatch, from_record_batch, to_record_batch
 from packer.stats import PackingStats
 
 

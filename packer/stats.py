@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from packer.contract.schema import PackedBatch
 from packer.plan import BatchPlan
-from packer.schema import PackedBatch
 
 
 def _token_bucket(tokens: int) -> int:

@@ -32,9 +32,9 @@ import numpy as np
 import pyarrow as pa
 
 from packer.config import ConfigError, PackingConfig
+from packer.contract.schema import from_record_batch, packed_schema
 from packer.index import header_rejects
 from packer.plan import BatchPlan, ConfigHistory, ConfigVersion, EpochPlanner
-from packer.schema import from_record_batch, packed_schema
 from packer.simulate import simulate
 from service.live_stats import LiveStats
 from service.state import RankCursor, StateStore

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from packer.contract.schema import PackedBatch
 from packer.plan import BatchPlan
-from packer.schema import PackedBatch
 from packer.stats import PackingStats
 
 

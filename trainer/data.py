@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from packer.schema import PackedBatch, from_record_batch
+from packer.contract.schema import PackedBatch, from_record_batch
 
 Cursor = tuple[int, int]  # (epoch, batch index of this rank within the epoch)
 

@@ -1,7 +1,7 @@
 """NaViT (Dehghani et al. 2023, arXiv 2307.06304) over packed token sequences.
 
 The model never patchifies or packs: the packer already cut every image into patches and
-packed the patches of many images into fixed-length sequences (see packer/schema.py). A
+packed the patches of many images into fixed-length sequences (see packer/contract/schema.py). A
 batch of B sequences of L tokens holding N images in all arrives as
 
     patches         [B, L, p*p*3] uint8   pixels in (py, px, channel) order, 0 on padding
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from packer.schema import PackedBatch
+from packer.contract.schema import PackedBatch
 
 PosMode = Literal["absolute", "fractional"]
 QKNorm = Literal["layernorm", "rmsnorm"]

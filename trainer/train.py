@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from packer.schema import PackedBatch
+from packer.contract.schema import PackedBatch
 from trainer.data import Cursor, is_flight_source, iter_batches, to_device
 from trainer.model import MODEL_INPUTS, MODEL_SIZES, NaViT, NaViTConfig, build_model
 

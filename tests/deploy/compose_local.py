@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from processes import processes_with_env
+
+from tests.processes import processes_with_env
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pyarrow.flight as flight
 import pytest
-from compose_local import (
+
+from packer.contract.schema import from_record_batch
+from tests.deploy.compose_local import (
     COMPOSE_FILE,
     REPO,
     LocalCompose,
@@ -29,9 +31,7 @@ from compose_local import (
     load_compose,
     variables,
 )
-from processes import assert_cursor_continues, cmdline, wait_for
-
-from packer.schema import from_record_batch
+from tests.processes import assert_cursor_continues, cmdline, wait_for
 
 DEPLOY = REPO / "deploy"
 ENV_EXAMPLE = REPO / ".env.example"
@@ -165,7 +165,7 @@ def test_dockerfiles_copy_what_their_services_need() -> None:
     }
     assert trainer_sources == {
         "packer/__init__.py",
-        "packer/schema.py",
+        "packer/contract/schema.py",
         "trainer",
         "deploy/train.sh",
     }

@@ -4,16 +4,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from image_cases import write_odd_images
 
 from packer.config import PackingConfig
+from packer.contract.schema import from_record_batch, to_record_batch
 from packer.fill import fill_batch
 from packer.imageio import decode_resized
 from packer.index import load_index
 from packer.patchify import unpatchify
 from packer.plan import ConfigHistory, EpochPlanner
 from packer.sample_data import write_sample_dataset
-from packer.schema import from_record_batch, to_record_batch
+from tests.packer.image_cases import write_odd_images
 
 CONFIG = PackingConfig(seq_len=256, max_res=192, batch_size=4, pack_window=32)
 

@@ -6,7 +6,6 @@ import io
 import pickle
 import warnings
 
-import image_cases as cases
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -19,6 +18,7 @@ from packer.imageio import (
     decode_resized,
     read_header,
 )
+from tests.packer import image_cases as cases
 
 
 def _reason(call, *args) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import image_cases as cases
 import pyarrow as pa
 import pytest
 from PIL import Image
@@ -24,6 +23,7 @@ from packer.index import (
 from packer.sample_data import write_parquet, write_sample_dataset, write_webdataset_shards
 from packer.sampling import image_key
 from packer.sources import open_source
+from tests.packer import image_cases as cases
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from image_cases import write_odd_images
 
 from packer.config import PackingConfig
+from packer.contract.schema import from_record_batch
 from packer.index import load_index
 from packer.plan import ConfigHistory
 from packer.sample_data import write_sample_dataset
-from packer.schema import from_record_batch
 from packer.simulate import simulate
+from tests.packer.image_cases import write_odd_images
 
 SETTINGS = ["seq_len=256", "max_res=192", "batch_size=4", "pack_window=24"]
 CONFIG = PackingConfig().with_overrides(SETTINGS)

@@ -7,7 +7,6 @@ import pickle
 import tarfile
 from pathlib import Path
 
-import image_cases as cases
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from packer.imageio import RejectedImage, read_header
 from packer.sample_data import write_parquet, write_sample_dataset, write_webdataset_shards
 from packer.sources import ByteReader, image_column, normalize_uri, open_source
+from tests.packer import image_cases as cases
 
 
 @pytest.fixture(scope="module")

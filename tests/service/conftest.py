@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from service_testkit import SMALL_CONFIG
 
 from service.serve import ServiceHandle, start_service
+from tests.service.service_testkit import SMALL_CONFIG
 
 
 @pytest.fixture(scope="session")

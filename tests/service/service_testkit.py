@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from packer.config import PackingConfig
-from packer.schema import from_record_batch
+from packer.contract.schema import from_record_batch
 from service.flight import bearer_call_options
 
 # Small enough that an epoch of 48 sample images is a few seconds on 2 cores, and gives

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from processes import assert_cursor_continues, cmdline, processes_with_env, wait_for
 
 from service.pretrain import (
     RUN_ENV,
@@ -29,6 +28,7 @@ from service.pretrain import (
     smoothed,
     write_plot,
 )
+from tests.processes import assert_cursor_continues, cmdline, processes_with_env, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--set=seq_len=256", "--set=max_res=128", "--set=batch_size=2"]

@@ -12,7 +12,13 @@ import httpx
 import pyarrow.flight as flight
 import pytest
 from fastapi.testclient import TestClient
-from service_testkit import (
+
+from service.api.main import create_app
+from service.flight import bearer_call_options
+from service.job import ServiceJob
+from service.settings import ServiceSettings
+from service.state import StateStore
+from tests.service.service_testkit import (
     SMALL_CONFIG,
     connect,
     image_ids,
@@ -21,12 +27,6 @@ from service_testkit import (
     ticket,
     valid_image_ids,
 )
-
-from service.api.main import create_app
-from service.flight import bearer_call_options
-from service.job import ServiceJob
-from service.settings import ServiceSettings
-from service.state import StateStore
 
 
 @pytest.fixture

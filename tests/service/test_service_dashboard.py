@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_testkit import read_stream
+
+from tests.service.service_testkit import read_stream
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,11 @@ import httpx
 import numpy as np
 import pyarrow.flight as flight
 import pytest
-from service_testkit import (
+
+from packer.contract.schema import PackedBatch, packed_schema, to_record_batch
+from service.flight import PackedFlightServer
+from service.replay import ReplaySource
+from tests.service.service_testkit import (
     SMALL_CONFIG,
     connect,
     image_ids,
@@ -19,10 +23,6 @@ from service_testkit import (
     ticket,
     valid_image_ids,
 )
-
-from packer.schema import PackedBatch, packed_schema, to_record_batch
-from service.flight import PackedFlightServer
-from service.replay import ReplaySource
 
 pytestmark = pytest.mark.slow
 

@@ -11,12 +11,12 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis import checks as st
-from service_testkit import SMALL_CONFIG
 
 from service.api.main import create_app
 from service.job import ServiceJob
 from service.settings import ServiceSettings
 from service.state import StateStore
+from tests.service.service_testkit import SMALL_CONFIG
 
 # The schema does not depend on the job, so the app is built at import (schemathesis
 # parametrizes from it) and the job is attached by a fixture. (`from_fixture` does not

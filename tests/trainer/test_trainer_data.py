@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from pyarrow import flight
-from trainer_synthetic import ListFlightServer, make_batch, random_layout, write_arrow
 
-from packer.schema import PackedBatch
+from packer.contract.schema import PackedBatch
+from tests.trainer.trainer_synthetic import ListFlightServer, make_batch, random_layout, write_arrow
 from trainer.data import iter_batches, prefetch_in_thread, read_arrow_file, to_device
 
 SEQ_LEN = 32

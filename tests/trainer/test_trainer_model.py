@@ -8,9 +8,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from trainer_synthetic import make_batch
 
-from packer.schema import PackedBatch
+from packer.contract.schema import PackedBatch
+from tests.trainer.trainer_synthetic import make_batch
 from trainer.data import to_device
 from trainer.model import (
     MODEL_INPUTS,

@@ -1,4 +1,4 @@
-"""Synthetic packed batches for the trainer tests (no packer beyond packer.schema).
+"""Synthetic packed batches for the trainer tests (no packer beyond packer.contract.schema).
 
 `make_batch([[(2, 3), (1, 4)], [(3, 3)]], seq_len=16)` packs a 2x3 and a 1x4 image into
 sequence 0 and a 3x3 image into sequence 1, padding each sequence at the tail.
@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import flight
 
-from packer.schema import PackedBatch, to_record_batch
+from packer.contract.schema import PackedBatch, to_record_batch
 
 Grid = tuple[int, int]
 

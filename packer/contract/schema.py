@@ -1,6 +1,6 @@
 """The packed-batch contract: the Arrow schema and converters both ways.
 
-One Arrow row is one packed sequence of `seq_len` tokens (see shared DESIGN.md):
+One Arrow row is one packed sequence of `seq_len` tokens (docs/DESIGN.md):
 
     patches       fixed_shape_tensor<uint8>[seq_len, p*p*3]  pixels, (py, px, c) order
     segment_ids   fixed_size_list<int32>[seq_len]           0 = padding, 1..k = k-th image

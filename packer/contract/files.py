@@ -1,0 +1,37 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
+    """Call `write(handle)` on a temporary file beside `path`, sync it, then rename it over.
+
+    For example `write_atomically(p, lambda f: torch.save(state, f))` or
+    `write_atomically(p, lambda f: pq.write_table(table, f))`. On any failure the
+    temporary file is removed and `path` is left as it was.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(handle, "wb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomically(path: str | os.PathLike[str], data: bytes) -> None:
+    """`write_atomically` for bytes already in memory (JSON, small state files)."""
+    write_atomically(path, lambda out: out.write(data))
