@@ -1,0 +1,77 @@
+"""Command-line flags derived from a config dataclass, so each default is written once.
+
+For a field `warmup_steps: int = 100` with metadata `{"help": "..."}` this adds
+`--warmup-steps` (type int, default 100); `metadata["flag"]` renames the flag
+(`ckpt_dir` -> `--ckpt`), `metadata["choices"]` or a `Literal[...]` type gives choices.
+A bool field that defaults to False becomes a switch (`--resume`); one that defaults to
+True becomes a negative switch named by its flag (`progress` -> `--no-progress`). A
+field whose default is None and that the config requires is passed with `required`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+
+
+def _value_type(hint: Any) -> tuple[Any, tuple[Any, ...] | None]:
+    """(converter, choices) for a field's type, looking through `X | None`."""
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(arg for arg in get_args(hint) if arg is not type(None))
+    if get_origin(hint) is Literal:
+        choices = get_args(hint)
+        return type(choices[0]), choices
+    return hint, None
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    config_type: type,
+    defaults: dict[str, Any] | None = None,
+    required: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+) -> None:
+    """Add one flag per field of `config_type`; `defaults` overrides the dataclass's own."""
+    hints = typing.get_type_hints(config_type)
+    overrides = defaults or {}
+    for field in dataclasses.fields(config_type):
+        if field.name in exclude:
+            continue
+        default = overrides.get(field.name, field.default)
+        help_text = field.metadata.get("help", "")
+        converter, choices = _value_type(hints[field.name])
+        if converter is bool:
+            action = "store_false" if default else "store_true"
+            parser.add_argument(
+                flag_name(field), dest=field.name, action=action, default=default, help=help_text
+            )
+            continue
+        shown = "" if default is None else f" (default: {default})"
+        parser.add_argument(
+            flag_name(field),
+            dest=field.name,
+            type=converter,
+            default=default,
+            choices=field.metadata.get("choices", choices),
+            required=field.name in required,
+            help=help_text + shown,
+        )
+
+
+def dataclass_from_args(
+    config_type: type, args: argparse.Namespace, exclude: tuple[str, ...] = ()
+) -> Any:
+    """Build `config_type` from the parsed flags (fields in `exclude` keep their default)."""
+    values = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(config_type)
+        if field.name not in exclude and hasattr(args, field.name)
+    }
+    return config_type(**values)

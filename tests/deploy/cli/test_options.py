@@ -1,0 +1,48 @@
+"""Flags derived from a config dataclass keep its defaults, types and choices."""
+
+import argparse
+
+import pytest
+
+from deploy.cli.options import add_dataclass_arguments, dataclass_from_args
+from trainer.config import TrainConfig
+
+
+def parse(argv, **kwargs):
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, TrainConfig, required=("source", "steps"), **kwargs)
+    return parser.parse_args(argv)
+
+
+def test_flags_carry_the_dataclass_defaults():
+    config = dataclass_from_args(TrainConfig, parse(["--source", "d", "--steps", "5"]))
+    assert config == TrainConfig(source="d", steps=5)
+
+
+def test_renamed_negated_and_typed_flags():
+    argv = ["--source", "d", "--steps", "5", "--ckpt", "c", "--no-progress", "--resume"]
+    argv += ["--lr", "0.5", "--stop-at", "3", "--attn-impl", "sdpa"]
+    config = dataclass_from_args(TrainConfig, parse(argv))
+    assert (config.ckpt_dir, config.progress, config.resume) == ("c", False, True)
+    assert (config.lr, config.stop_at, config.attn_impl) == (0.5, 3, "sdpa")
+
+
+def test_overridden_defaults_show_in_the_parsed_config():
+    args = parse(["--source", "d", "--steps", "5"], defaults={"lr": 2e-3, "ckpt_every": 50})
+    assert dataclass_from_args(TrainConfig, args).lr == 2e-3
+
+
+@pytest.mark.parametrize("argv", [["--steps", "5"], ["--source", "d", "--model", "huge"]])
+def test_missing_or_unknown_values_are_refused(argv, capsys):
+    with pytest.raises(SystemExit):
+        parse(argv)
+    assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("steps", 0), ("lr", float("nan")), ("lr", 0.0), ("grad_clip", -1.0), ("prefetch", -1)],
+)
+def test_bad_values_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(source="d", steps=5).replace(**{field: value})

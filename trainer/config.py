@@ -1,0 +1,95 @@
+"""`TrainConfig`: the one owner of the trainer's settings and their defaults.
+
+`navit train` derives its flags from these fields (the field name with dashes, e.g.
+`warmup_steps` -> `--warmup-steps`; the help text is the field's `help` metadata), and
+`navit pretrain` derives its trainer flags from the same fields, so a default is written
+once. A bad value is a `ValueError` naming the field, raised when the config is built.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, get_args
+
+from trainer.model import MODEL_SIZES, AttnImpl, PosMode
+
+
+def _option(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What one trainer rank trains on, how, and where it writes."""
+
+    source: str = _option(None, "grpc://HOST:PORT (the packer service) or a packed folder")
+    steps: int = _option(None, "optimizer steps; the LR schedule spans them")
+    model: str = _option("tiny", "model size", choices=tuple(sorted(MODEL_SIZES)))
+    ckpt_dir: str = _option(
+        "runs/train", "folder for checkpoint.pt and metrics.jsonl", flag="--ckpt"
+    )
+    ckpt_every: int = _option(1000, "checkpoint every N steps (0: at the end only)")
+    stop_at: int | None = _option(None, "stop after this step (schedule unchanged)")
+    rank: int | None = _option(None, "this process's rank (default: env RANK or 0)")
+    world_size: int | None = _option(None, "ranks (default: env WORLD_SIZE or 1)")
+    resume: bool = _option(False, "continue from the checkpoint in the ckpt folder")
+    lr: float = _option(1e-3, "peak learning rate")
+    warmup_steps: int = _option(100, "linear warmup steps before the cosine decay")
+    weight_decay: float = _option(0.05, "AdamW weight decay")
+    grad_clip: float = _option(1.0, "max gradient norm (0: off)")
+    compile: bool = _option(False, "torch.compile the model")
+    num_classes: int | None = _option(None, "default: classes.json of the source, else 1000")
+    token_file: str | None = _option(
+        None, "file holding the bearer token (default: env NAVIT_TOKEN)"
+    )
+    eval_source: str | None = _option(None, "packed folder for evaluation")
+    eval_every: int = _option(0, "evaluate every N steps (0: at the end only)")
+    seed: int = _option(0, "seed of the model init")
+    log_every: int = _option(1, "write a metrics line every N steps")
+    progress: bool = _option(True, "show a progress bar", flag="--no-progress")
+    device: str | None = _option(None, "cpu, cuda, cuda:1 (default: cuda if available)")
+    prefetch: int = _option(2, "batches read ahead by a background thread")
+    pos_mode: PosMode = _option("fractional", "position embedding of the patch grid")
+    attn_impl: AttnImpl = _option("auto", "attention kernel (auto: flex on CUDA, else sdpa)")
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise ValueError("source: required (grpc://HOST:PORT or a packed folder)")
+        for name in ("steps", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        for name in ("ckpt_every", "warmup_steps", "eval_every", "prefetch", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}: must be a non-negative integer, got {value!r}")
+        for name in ("stop_at", "num_classes", "world_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if self.rank is not None and self.rank < 0:
+            raise ValueError(f"rank: must be non-negative, got {self.rank}")
+        if self.model not in MODEL_SIZES:
+            raise ValueError(f"model: unknown {self.model!r}; choose from {sorted(MODEL_SIZES)}")
+        for name in ("lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            # `not value >= 0` also catches NaN.
+            if not isinstance(value, int | float) or not value >= 0 or value == float("inf"):
+                raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+        if self.lr == 0:
+            raise ValueError("lr: must be above 0")
+        for name, allowed in (("pos_mode", get_args(PosMode)), ("attn_impl", get_args(AttnImpl))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def resolved_rank(self) -> tuple[int, int]:
+        """(rank, world_size) from the fields, else torchrun's RANK/WORLD_SIZE, else (0, 1)."""
+        rank = int(os.environ.get("RANK", 0)) if self.rank is None else self.rank
+        world = int(os.environ.get("WORLD_SIZE", 1)) if self.world_size is None else self.world_size
+        if not 0 <= rank < world:
+            raise ValueError(f"rank: must lie in [0, world_size={world}), got {rank}")
+        return rank, world
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
