@@ -4,8 +4,9 @@ Per epoch: a seeded shuffle of the valid images, then window by window of `pack_
 images: per-image draws (resolution -> patch grid -> kept tokens, see packer.sampling),
 bin packing, a seeded shuffle of the window's finished sequences, and batches of
 `batch_size` sequences. Global batch j goes to rank j % world_size as its batch
-j // world_size (the striding of packer.contract.cursor), so a rank's stream is a pure function of (index, config history, epoch,
-rank, world_size) and any batch can be regenerated without replaying the past.
+j // world_size (the striding of packer.contract.cursor), so a rank's stream is a pure
+function of (index, config history, epoch, rank, world_size) and any batch can be
+regenerated without replaying the past.
 
 The planner decides windows lazily, so a config change recorded in the history for the
 next unplanned window takes effect there (see ConfigHistory). Decoding pixels is the
