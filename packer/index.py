@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from packer.contract.files import write_atomically
 from packer.imageio import RejectedImage, read_header
 from packer.sampling import image_keys
 from packer.sources import ByteReader, Record, Source, normalize_uri, open_source
@@ -160,7 +160,7 @@ def load_index(uri: str, cache_dir: str | Path | None = None, num_threads: int =
     metadata = dict(table.schema.metadata or {})
     metadata[_FINGERPRINT_KEY] = fingerprint
     table = table.replace_schema_metadata(metadata)
-    _write_atomically(table, path)
+    write_atomically(path, lambda out: pq.write_table(table, out))
     return table
 
 
@@ -180,19 +180,6 @@ def _read_cached(path: Path, fingerprint: bytes) -> pa.Table | None:
         return None
     kept = {key: value for key, value in metadata.items() if key in _META_KEYS}
     return table.replace_schema_metadata(kept)
-
-
-def _write_atomically(table: pa.Table, path: Path) -> None:
-    """Write beside the target, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    os.close(handle)
-    try:
-        pq.write_table(table, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def index_class_names(table: pa.Table) -> list[str]:

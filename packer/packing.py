@@ -17,8 +17,9 @@ Three strategies:
 
 Where they differ is the last few tokens of each sequence. Image sizes are products of
 two grid sides (14, 15, 16, 18, 20, 21, 24, ... tokens at the defaults), so best fit
-often ends a sequence 1 to 13 tokens short, which no image can fill; exact fit chooses
-the last images so that nearly every sequence ends exactly full.
+can end a sequence 1 to 13 tokens short, which no image can fill; exact fit chooses
+the last images so that the sequence ends exactly full where the waiting sizes allow.
+How often each ends full, and the efficiencies: see bench/RESULTS.md.
 
 With carry-over, a window leaves something to the next (still a deterministic plan):
 best fit its emptiest open bins, next fit its open bin, exact fit a few waiting images
@@ -117,8 +118,8 @@ def split_carry(
 
     Best fit carries the at most `max_carry` emptiest bins that are under 99.9% full and
     still take images: BFD leaves its slack in the last few bins it opened, and giving
-    them the next window's images closes most of that slack. Next fit carries only its
-    last (open) bin, as the public implementation does across a stream.
+    them the next window's images closes slack (how much: see bench/RESULTS.md). Next fit
+    carries only its last (open) bin, as the public implementation does across a stream.
     """
     if strategy == "next_fit":
         if bins and bins[-1].used < limits.capacity and len(bins[-1].items) < limits.max_images:

@@ -25,12 +25,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import ray
 
-from packer.contract.schema import PackedBatch, from_record_batch, to_record_batch
+from packer.contract.files import write_atomically
+from packer.contract.schema import to_record_batch
 from packer.fill import fill_batch
 from packer.index import header_rejects
 from packer.plan import BatchPlan, ConfigHistory, EpochPlanner
@@ -51,11 +53,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 @dataclass(frozen=True)
-class FilledBatch:
-    """A filled batch as Arrow IPC file bytes, with what the fill rejected."""
+class EncodedBatch:
+    """A filled batch as it leaves a Ray worker: the packed batch as Arrow IPC file bytes
+    (serialised on the worker, read zero-copy by the driver), which global batch of
+    which epoch it is, and what the fill rejected."""
 
     epoch: int
-    batch: int
+    batch: int  # global batch index within the epoch
     config_version: int
     ipc: bytes
     rejected: list[tuple[str, str, str]]  # (image_id, reason, detail)
@@ -63,14 +67,16 @@ class FilledBatch:
     def record_batch(self) -> pa.RecordBatch:
         return pa.ipc.open_file(pa.py_buffer(self.ipc)).get_batch(0)
 
-    def packed(self) -> PackedBatch:
-        return from_record_batch(self.record_batch())
 
-
-def _write_ipc_file(sink: pa.NativeFile, record_batch: pa.RecordBatch) -> None:
+def _write_ipc_file(sink: pa.NativeFile | BinaryIO, record_batch: pa.RecordBatch) -> None:
     """One batch as an Arrow IPC file: what `navit pack` writes and the service sends."""
     with pa.ipc.new_file(sink, record_batch.schema) as writer:
         writer.write_batch(record_batch)
+
+
+def _write_batch_file(path: Path, record_batch: pa.RecordBatch) -> None:
+    """A batch file of `navit pack`; a crash leaves no half-written one behind."""
+    write_atomically(path, lambda out: _write_ipc_file(out, record_batch))
 
 
 def _ipc_file_bytes(record_batch: pa.RecordBatch) -> bytes:
@@ -79,10 +85,10 @@ def _ipc_file_bytes(record_batch: pa.RecordBatch) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def fill_to_ipc(plan: BatchPlan) -> FilledBatch:
+def fill_to_ipc(plan: BatchPlan) -> EncodedBatch:
     """Fill one plan and serialise it: the unit of work on a Ray worker."""
     result = fill_batch(plan)
-    return FilledBatch(
+    return EncodedBatch(
         epoch=plan.epoch,
         batch=plan.batch,
         config_version=plan.config_version,
@@ -94,11 +100,10 @@ def fill_to_ipc(plan: BatchPlan) -> FilledBatch:
 def _fill_and_write(block: dict[str, np.ndarray], out_dir: str) -> dict[str, np.ndarray]:
     """Ray Data map: fill each plan of the block, write its file, return only its stats.
 
-    Writing on the worker keeps the multi-MB batches off the driver (on these 2-core
-    machines the driver's copies and writes cost about a sixth of the throughput).
+    Writing on the worker keeps the multi-MB batches off the driver's copies and writes.
     Plans and stats travel pickled, as bytes: given objects, Ray Data pickles each one
-    several times and formats its numpy arrays with repr() while inferring an Arrow type
-    (py-spy: about 0.1 s of driver time before the first task of a 3000-image epoch).
+    several times and formats its numpy arrays with repr() while inferring an Arrow type.
+    What each of these choices measured: see bench/RESULTS.md.
     """
     stats, rejected, batches = [], [], []
     for pickled in block["plan"]:
@@ -106,11 +111,7 @@ def _fill_and_write(block: dict[str, np.ndarray], out_dir: str) -> dict[str, np.
         result = fill_batch(plan)
         record_batch = to_record_batch(result.batch)
         path = batch_path(Path(out_dir), plan.epoch, plan.batch)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".arrow.partial")  # a crash leaves no half-written batch
-        with pa.OSFile(str(partial), "wb") as sink:
-            _write_ipc_file(sink, record_batch)
-        partial.replace(path)
+        _write_batch_file(path, record_batch)
         batch_stats = PackingStats()
         batch_stats.add_filled(plan, result.batch, result.rejected_reasons)
         stats.append(pickle.dumps(batch_stats))
@@ -123,7 +124,7 @@ def _fill_and_write(block: dict[str, np.ndarray], out_dir: str) -> dict[str, np.
     }
 
 
-def stream_filled(plans: Iterable[BatchPlan], max_in_flight: int = 4) -> Iterator[FilledBatch]:
+def stream_filled(plans: Iterable[BatchPlan], max_in_flight: int = 4) -> Iterator[EncodedBatch]:
     """Fill plans on Ray tasks, yielding in order with at most `max_in_flight` pending."""
     # Explicit retries (Ray's default today): a fill task on a node that dies runs again.
     remote_fill = ray.remote(num_cpus=1, max_retries=3)(fill_to_ipc)
@@ -167,10 +168,10 @@ def pack_to_dir(
     The planner decides every batch up front, so the dataset is one item per BatchPlan;
     workers fill and write, and the driver only merges stats. `plans_per_block` (default:
     up to 4 while every CPU still gets 8 blocks) trades Ray Data's per-task overhead
-    against balance: on 2 CPUs and 3000 photos, 1, 2 and 4 plans per block ran at 0.79x,
-    0.87x and 0.89x of multiprocessing.Pool(2). Writes `rejected.jsonl` (one line per rejected image and
-    epoch, with its reason) and leaves `stats.json` to the caller. `on_batch` is called
-    with each written batch's index; `concurrency` caps the fill tasks at once.
+    against balance (the rates of 1, 2 and 4: see bench/RESULTS.md). Writes
+    `rejected.jsonl` (one line per rejected image and epoch, with its reason) and leaves
+    `stats.json` to the caller. `on_batch` is called with each written batch's index;
+    `concurrency` caps the fill tasks at once.
     """
     import ray.data
 

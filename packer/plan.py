@@ -4,8 +4,9 @@ Per epoch: a seeded shuffle of the valid images, then window by window of `pack_
 images: per-image draws (resolution -> patch grid -> kept tokens, see packer.sampling),
 bin packing, a seeded shuffle of the window's finished sequences, and batches of
 `batch_size` sequences. Global batch j goes to rank j % world_size as its batch
-j // world_size, so a rank's stream is a pure function of (index, config history, epoch,
-rank, world_size) and any batch can be regenerated without replaying the past.
+j // world_size (the striding of packer.contract.cursor), so a rank's stream is a pure
+function of (index, config history, epoch, rank, world_size) and any batch can be
+regenerated without replaying the past.
 
 The planner decides windows lazily, so a config change recorded in the history for the
 next unplanned window takes effect there (see ConfigHistory). Decoding pixels is the
@@ -23,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from packer.config import PackingConfig
+from packer.contract.cursor import batches_per_rank, global_batch_index
 from packer.packing import Bin, BinLimits, Carry, pack_window
 from packer.sampling import plan_images
 
@@ -166,8 +168,8 @@ class _Sequence:
 
 def _carry_limit(config: PackingConfig) -> int:
     """How much a window may leave to the next: exact fit keeps max(64, pack_window / 16)
-    small images waiting (enough to finish the next window's sequences exactly; fewer
-    cost 1% at pack_window 64), best fit its pack_window / 32 emptiest open bins."""
+    small images waiting (enough to finish the next window's sequences exactly), best fit
+    its pack_window / 32 emptiest open bins."""
     if config.packing == "exact_fit":
         return max(64, config.pack_window // 16)
     return max(1, config.pack_window // 32)
@@ -216,14 +218,6 @@ class EpochPlanner:
         """The first window not yet planned: where a config change would take effect."""
         return self._window
 
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def num_valid_images(self) -> int:
-        return len(self._order)
-
     def batch(self, j: int) -> BatchPlan | None:
         """Global batch j of the epoch, or None when the epoch has fewer batches."""
         while self._num_batches <= j and not self._done:
@@ -251,7 +245,7 @@ class EpochPlanner:
         return self._num_batches
 
     def rank_batch(self, rank: int, world_size: int, k: int) -> BatchPlan | None:
-        """Batch k of `rank`'s stream: global batch k * world_size + rank.
+        """Batch k of `rank`'s stream: global batch `global_batch_index(rank, world_size, k)`.
 
         When the epoch's batches run out part-way through a round, the ranks left
         without one get an all-padding batch, so every rank sees the same count:
@@ -259,12 +253,13 @@ class EpochPlanner:
         """
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
-        j = k * world_size + rank
+        j = global_batch_index(rank, world_size, k)
         plan = self.batch(j)
         if plan is not None:
             return plan
-        round_start = k * world_size
-        if round_start < self._num_batches:
+        # Past the end: the ranks still short of their share get padding, so every rank
+        # has batches_per_rank(num_batches, world_size) of them.
+        if k < batches_per_rank(self._num_batches, world_size):
             return BatchPlan.empty(self.epoch, j, self.history.at(self.epoch, self._window))
         return None
 

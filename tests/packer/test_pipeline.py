@@ -9,9 +9,10 @@ import pyarrow as pa
 import pytest
 
 from packer.config import PackingConfig
-from packer.contract.schema import from_record_batch
+from packer.contract.schema import from_record_batch, to_record_batch
+from packer.fill import fill_batch
 from packer.index import load_index
-from packer.plan import ConfigHistory
+from packer.plan import ConfigHistory, EpochPlanner
 from packer.sample_data import write_sample_dataset
 from packer.simulate import simulate
 from tests.packer.image_cases import write_odd_images
@@ -60,6 +61,11 @@ def test_pack_writes_batches_plain_pyarrow_reads_with_every_image_once_per_epoch
         assert sorted(ids) == all_ids
     assert by_epoch["epoch-000"] != by_epoch["epoch-001"]  # epochs reshuffle
     assert stats.images_in == stats.images_packed == 80
+    # Batch files are written atomically: no temporary file is left beside them.
+    files = {p.name for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert files == {p.name for p in (tmp_path / "out").glob("epoch-*/batch-*.arrow")} | {
+        "rejected.jsonl"
+    }
 
 
 def test_simulate_predicts_exactly_what_pack_delivers(sample, tmp_path):
@@ -103,3 +109,15 @@ def test_same_seed_gives_identical_batches_with_one_and_two_ray_cpus(sample, tmp
     assert report["stats"]["images_packed"] == 40
     classes = json.loads((tmp_path / "one" / "classes.json").read_text())
     assert classes == ["checkers", "circles", "squares", "stripes"]
+
+
+def test_stream_filled_yields_every_plan_in_order_as_the_fill_makes_it(sample):
+    from packer.pipeline import stream_filled
+
+    index = load_index(str(sample))
+    plans = list(EpochPlanner(index, ConfigHistory.start(CONFIG), 0).iter_batches())
+    streamed = list(stream_filled(iter(plans), max_in_flight=2))
+    assert [(e.epoch, e.batch) for e in streamed] == [(p.epoch, p.batch) for p in plans]
+    for encoded, plan in zip(streamed, plans, strict=True):
+        assert encoded.config_version == plan.config_version and encoded.rejected == []
+        assert encoded.record_batch().equals(to_record_batch(fill_batch(plan).batch))

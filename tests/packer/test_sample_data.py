@@ -1,4 +1,5 @@
-"""The sample dataset: deterministic, photo-like sizes, balanced learnable classes."""
+"""The sample dataset: deterministic, photo-like sizes, balanced learnable classes; and
+its WebDataset conversion."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from packer.sample_data import (
     MIN_ASPECT,
     MIN_SIDE,
     write_sample_dataset,
+    write_webdataset_shards,
 )
+from packer.sources import open_source
+from tests.packer import image_cases as cases
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -86,3 +90,19 @@ def test_classes_differ_visibly_at_64_px(dataset):
 def test_negative_image_count_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="non-negative"):
         write_sample_dataset(tmp_path, -1, seed=0)
+
+
+def test_webdataset_shards_are_byte_identical_for_the_same_folder(tmp_path):
+    write_sample_dataset(tmp_path / "folder", 12, seed=3)
+    first = write_webdataset_shards(tmp_path / "folder", tmp_path / "one", images_per_shard=100)
+    second = write_webdataset_shards(tmp_path / "folder", tmp_path / "two", images_per_shard=100)
+    assert first[0].read_bytes() == second[0].read_bytes()
+
+
+def test_webdataset_converter_keeps_files_that_differ_only_by_extension_apart(tmp_path):
+    (tmp_path / "in" / "c").mkdir(parents=True)
+    (tmp_path / "in" / "c" / "a.jpg").write_bytes(cases.photo_jpeg())
+    (tmp_path / "in" / "c" / "a.png").write_bytes(cases.strip_png(4, 4))
+    write_webdataset_shards(tmp_path / "in", tmp_path / "out")
+    ids = sorted(r.image_id for r in open_source(str(tmp_path / "out")).records())
+    assert ids == ["shard-000000.tar/c__a_jpg", "shard-000000.tar/c__a_png"]

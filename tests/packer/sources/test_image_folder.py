@@ -1,0 +1,37 @@
+"""Image folder sources: class folder labels, ids and whole-file locations."""
+
+from __future__ import annotations
+
+from packer.sources import open_source
+from tests.packer import image_cases as cases
+from tests.packer.sources.source_cases import bytes_by_id
+
+
+def test_image_folder_labels_are_sorted_class_folder_indices(folder):
+    source = open_source(str(folder))
+    assert source.kind == "image_folder"
+    assert source.class_names == ["checkers", "circles", "squares", "stripes"]
+    records = source.records()
+    assert len(records) == 12
+    for record in records:
+        assert record.label == source.class_names.index(record.image_id.split("/")[0])
+        assert (record.offset, record.length, record.row) == (-1, -1, -1)
+        assert record.uri == str(folder / record.image_id)
+
+
+def test_image_folder_reader_returns_each_whole_file(folder):
+    source = open_source(str(folder))
+    for image_id, data in bytes_by_id(source).items():
+        assert data == (folder / image_id).read_bytes()
+
+
+def test_images_in_the_root_get_label_minus_one_and_nested_ones_their_class(tmp_path):
+    (tmp_path / "b" / "deep").mkdir(parents=True)
+    (tmp_path / "a").mkdir()  # empty class folder: still takes index 0, as torchvision
+    (tmp_path / "loose.jpg").write_bytes(cases.photo_jpeg())
+    (tmp_path / "b" / "deep" / "x.png").write_bytes(cases.strip_png(2, 3))
+    (tmp_path / "b" / "notes.txt").write_text("not an image")
+    source = open_source(str(tmp_path))
+    assert source.class_names == ["a", "b"]
+    labels = {r.image_id: r.label for r in source.records()}
+    assert labels == {"loose.jpg": -1, "b/deep/x.png": 1}
