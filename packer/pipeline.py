@@ -76,7 +76,9 @@ def _write_ipc_file(sink: pa.NativeFile | BinaryIO, record_batch: pa.RecordBatch
 
 def _write_batch_file(path: Path, record_batch: pa.RecordBatch) -> None:
     """A batch file of `navit pack`; a crash leaves no half-written one behind."""
-    write_atomically(path, lambda out: _write_ipc_file(out, record_batch))
+    # Not durable: a batch file is regenerated exactly by packing again, and an fsync per
+    # file would cost the pack its disk latency.
+    write_atomically(path, lambda out: _write_ipc_file(out, record_batch), durable=False)
 
 
 def _ipc_file_bytes(record_batch: pa.RecordBatch) -> bytes:

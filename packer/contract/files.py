@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
+def write_atomically(
+    path: str | os.PathLike[str], write: Callable[[BinaryIO], object], durable: bool = True
+) -> None:
     """Call `write(handle)` on a temporary file beside `path`, sync it, then rename it over.
 
     For example `write_atomically(p, lambda f: torch.save(state, f))` or
     `write_atomically(p, lambda f: pq.write_table(table, f))`. On any failure the
-    temporary file is removed and `path` is left as it was.
+    temporary file is removed and `path` is left as it was. `durable=False` skips the
+    fsync: readers still never see half a file, but a power cut may lose the new one
+    (right for outputs that are cheap to regenerate, such as packed batch files).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -25,7 +29,8 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], o
         with os.fdopen(handle, "wb") as out:
             write(out)
             out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
