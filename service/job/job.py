@@ -118,9 +118,6 @@ class ServiceJob:
     def streams(self) -> list[StreamStatus]:
         return self.rank_streams.statuses()
 
-    def flush_cursors(self) -> None:
-        self.rank_streams.flush_cursors()
-
     def stop(self) -> None:
         """Make every stream end at its next batch (ServiceStopping) and save cursors."""
         self.rank_streams.stop()

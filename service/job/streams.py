@@ -55,13 +55,10 @@ class StreamStatus:
 
     stream_id: int
     cursor: Cursor  # the next batch not yet handed to the transport
-    start_batch: int  # the batch the ticket asked to start from
-    opened_at: float
     submitted: int = 0  # plans handed to the fill
     received: int = 0  # filled batches taken from the fill
     sent: int = 0  # batches handed to the transport
     max_in_flight_seen: int = 0
-    last_sent_at: float | None = None
     closed_at: float | None = None
     end: str = ""  # "", "complete", "closed", "error: ..."
 
@@ -120,7 +117,7 @@ class RankStreams:
         self._planners.check_epoch(cursor.epoch)
         now = time.time()
         with self._lock:
-            status = StreamStatus(self._next_stream_id, cursor, cursor.next_batch, now)
+            status = StreamStatus(self._next_stream_id, cursor)
             self._next_stream_id += 1
             self._open[status.stream_id] = status
             rank = self._ranks.setdefault((cursor.rank, cursor.world_size), RankStatus(cursor, now))
@@ -174,7 +171,6 @@ class RankStreams:
                 now = time.time()
                 status.sent += 1
                 status.cursor = cursor.advanced()
-                status.last_sent_at = now
                 self._advance(status.cursor, now)
                 if now - last_saved >= _CURSOR_SAVE_INTERVAL_S:
                     self.flush_cursors()
