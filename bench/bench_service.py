@@ -232,8 +232,8 @@ def _run_clients(targets: list[tuple], env: dict[str, str] | None = None) -> dic
 
 
 def bench_transport(batches: list[pa.RecordBatch], total: int, repeats: int) -> dict:
+    from packer.contract.cursor import Cursor
     from service.flight import PackedFlightServer
-    from service.job import StreamTicket
     from service.replay import ReplaySource
 
     server = PackedFlightServer(ReplaySource(batches, batches_per_epoch=total), "127.0.0.1", 0)
@@ -250,7 +250,7 @@ def bench_transport(batches: list[pa.RecordBatch], total: int, repeats: int) -> 
         for clients in (1, 2):
             flight_targets = {
                 tuned: [
-                    (_flight_client, (location, StreamTicket(r, clients, 0, 0).to_bytes(), tuned))
+                    (_flight_client, (location, Cursor(r, clients, 0, 0).to_ticket(), tuned))
                     for r in range(clients)
                 ]
                 for tuned in (False, True)

@@ -2,15 +2,16 @@
 
 `do_get` takes the UTF-8 JSON ticket `{"rank": 0, "world_size": 2, "epoch": 0,
 "start_batch": 0}` and streams that rank's batches of the epoch from `start_batch` on,
-each with app_metadata JSON `{"epoch", "batch", "global_batch", "rank", "world_size",
-"config_version"}` (batch = this rank's batch index k, the cursor to reconnect with).
+each with app_metadata `BatchMetadata` JSON `{"epoch", "batch", "global_batch", "rank",
+"config_version"}` (batch = this rank's batch index k; reconnect with k + 1). The ticket
+is `packer.contract.cursor.Cursor.to_ticket()`.
 The stream schema is `packed_schema(patch_size, seq_len, config_version at stream
 start)`, sent once; the config version of each batch travels in its app_metadata.
 
 Backpressure: pyarrow's GeneratorStream asks the generator for the next batch only after
 gRPC accepted the previous one, and gRPC accepts only what the client's flow-control
 window allows, so a stalled client parks its stream's generator; behind it at most
-`max_in_flight` fill tasks are pending (see service.job). Every stream runs on its own
+`max_in_flight` fill tasks are pending (see service.job.streams). Every stream runs on its own
 gRPC thread, so the other ranks keep streaming.
 
 Bad tickets and refused calls raise Flight errors with a reason (the client gets
@@ -19,31 +20,20 @@ FlightServerError / FlightUnauthenticatedError), never crash the server.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
 
-import pyarrow as pa
 import pyarrow.flight as flight
 
-from service.job import Delivered, ServiceStopping, StreamTicket, TicketError
+from packer.contract.auth import AUTH_HEADER, bearer_headers, bearer_matches
+from packer.contract.cursor import Cursor, TicketError
+from service.batch_source import BatchSource, OutgoingBatch, ServiceStopping
 
 log = logging.getLogger("navit.service.flight")
 
 STREAM_PATH = [b"navit", b"packed"]
-
-
-class BatchSource(Protocol):
-    """What the Flight server streams from: the real job, or a benchmark's cached batches."""
-
-    def stream_schema(self) -> pa.Schema: ...
-
-    def describe(self) -> dict[str, Any]: ...
-
-    def open_rank_stream(self, ticket: StreamTicket) -> Iterator[Delivered]: ...
 
 
 class BearerTokenMiddlewareFactory(flight.ServerMiddlewareFactory):
@@ -51,12 +41,11 @@ class BearerTokenMiddlewareFactory(flight.ServerMiddlewareFactory):
 
     def __init__(self, token: str) -> None:
         super().__init__()
-        self._expected = f"Bearer {token}".encode()
+        self._token = token
 
     def start_call(self, info: flight.CallInfo, headers: dict[str, list]) -> None:
-        for value in headers.get("authorization", []):
-            raw = value if isinstance(value, bytes) else str(value).encode()
-            if hmac.compare_digest(raw, self._expected):
+        for value in headers.get(AUTH_HEADER, []):
+            if bearer_matches(value if isinstance(value, bytes) else str(value), self._token):
                 return None  # authorised; nothing to attach to the call
         raise flight.FlightUnauthenticatedError(
             "missing or wrong bearer token: send the header 'authorization: Bearer <token>'"
@@ -65,7 +54,7 @@ class BearerTokenMiddlewareFactory(flight.ServerMiddlewareFactory):
 
 def bearer_call_options(token: str | None) -> flight.FlightCallOptions:
     """Client-side call options that carry the bearer token (for tests and tools)."""
-    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    headers = [(key.encode(), value.encode()) for key, value in bearer_headers(token).items()]
     return flight.FlightCallOptions(headers=headers)
 
 
@@ -81,8 +70,7 @@ class PackedFlightServer(flight.FlightServerBase):
         tls_key: str | Path | None = None,
     ) -> None:
         self.source = source
-        self.tls = tls_cert is not None
-        if self.tls:
+        if tls_cert is not None:
             location = flight.Location.for_grpc_tls(host, port)
             certificates = [
                 flight.CertKeyPair(cert=Path(tls_cert).read_bytes(), key=Path(tls_key).read_bytes())
@@ -92,12 +80,6 @@ class PackedFlightServer(flight.FlightServerBase):
             certificates = None
         middleware = {"auth": BearerTokenMiddlewareFactory(token)} if token else None
         super().__init__(location, tls_certificates=certificates, middleware=middleware)
-        self.host = host
-
-    @property
-    def location(self) -> str:
-        scheme = "grpc+tls" if self.tls else "grpc+tcp"
-        return f"{scheme}://{self.host}:{self.port}"
 
     # -- streams -----------------------------------------------------------------------
 
@@ -105,14 +87,14 @@ class PackedFlightServer(flight.FlightServerBase):
         self, context: flight.ServerCallContext, ticket: flight.Ticket
     ) -> flight.FlightDataStream:
         try:
-            parsed = StreamTicket.parse(ticket.ticket)
-            stream = self.source.open_rank_stream(parsed)
+            cursor = Cursor.from_ticket(ticket.ticket)
+            stream = self.source.open_rank_stream(cursor)
         except TicketError as e:
             raise flight.FlightServerError(f"bad ticket: {e}") from None
         except ServiceStopping as e:
             raise flight.FlightUnavailableError(f"{e}; reconnect with your cursor") from None
         schema = self.source.stream_schema()
-        return flight.GeneratorStream(schema, _with_flight_errors(stream, parsed))
+        return flight.GeneratorStream(schema, _with_flight_errors(stream, cursor))
 
     def list_flights(
         self, context: flight.ServerCallContext, criteria: bytes
@@ -125,10 +107,10 @@ class PackedFlightServer(flight.FlightServerBase):
         if descriptor.descriptor_type == flight.DescriptorType.CMD:
             # A command is a ticket: describe that rank's stream.
             try:
-                ticket = StreamTicket.parse(descriptor.command)
+                cursor = Cursor.from_ticket(descriptor.command)
             except TicketError as e:
                 raise flight.FlightServerError(f"bad ticket in descriptor: {e}") from None
-            return self._info(descriptor, ticket)
+            return self._info(descriptor, cursor)
         if list(descriptor.path or []) != STREAM_PATH:
             raise flight.FlightServerError(
                 f"unknown flight {descriptor.path!r}: the only path is "
@@ -137,10 +119,10 @@ class PackedFlightServer(flight.FlightServerBase):
         return self._info(descriptor, None)
 
     def _info(
-        self, descriptor: flight.FlightDescriptor, ticket: StreamTicket | None
+        self, descriptor: flight.FlightDescriptor, cursor: Cursor | None
     ) -> flight.FlightInfo:
-        example = ticket or StreamTicket(rank=0, world_size=1, epoch=0, start_batch=0)
-        endpoint = flight.FlightEndpoint(example.to_bytes(), [])
+        example = cursor or Cursor(rank=0, world_size=1)
+        endpoint = flight.FlightEndpoint(example.to_ticket(), [])
         description = {
             **self.source.describe(),
             "ticket": 'UTF-8 JSON {"rank", "world_size", "epoch", "start_batch"}',
@@ -155,19 +137,19 @@ class PackedFlightServer(flight.FlightServerBase):
         )
 
 
-def _with_flight_errors(stream: Iterator[Delivered], ticket: StreamTicket) -> Iterator[tuple]:
+def _with_flight_errors(stream: Iterator[OutgoingBatch], cursor: Cursor) -> Iterator[tuple]:
     """Yield (record_batch, app_metadata) pairs; turn failures into Flight errors."""
     try:
-        for delivered in stream:
-            yield delivered.record_batch, delivered.metadata_bytes()
+        for batch in stream:
+            yield batch.record_batch, batch.metadata.to_bytes()
     except ServiceStopping as e:
         raise flight.FlightUnavailableError(f"{e}; reconnect with your cursor") from None
     except flight.FlightError:
         raise
     except Exception as e:
-        log.exception("stream %s failed", ticket)
+        log.exception("stream %s failed", cursor)
         raise flight.FlightServerError(
-            f"stream of rank {ticket.rank} epoch {ticket.epoch} failed: {type(e).__name__}: "
+            f"stream of rank {cursor.rank} epoch {cursor.epoch} failed: {type(e).__name__}: "
             f"{e}; reconnect with your cursor"
         ) from None
     finally:

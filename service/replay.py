@@ -3,7 +3,8 @@
 It measures the transport alone (benchmarks: Flight vs a raw Arrow IPC socket, where
 decoding images would otherwise dominate) and lets tests drive backpressure with a long
 stream and no Ray. Rank r of world size w gets global batches r, r + w, r + 2w, ... of
-an epoch of `batches_per_epoch`, global batch j being `batches[j % len(batches)]`.
+an epoch of `batches_per_epoch` (`global_batch_index`), global batch j being
+`batches[j % len(batches)]`; like the job, every rank gets `batches_per_rank` of them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from service.job import Delivered, StreamTicket, TicketError
+from packer.contract.cursor import (
+    BatchMetadata,
+    Cursor,
+    TicketError,
+    batches_per_rank,
+    global_batch_index,
+)
+from service.batch_source import OutgoingBatch
 
 
 class ReplaySource:
@@ -35,28 +43,20 @@ class ReplaySource:
         }
         return {"source": "replay", "batches_per_epoch": self.batches_per_epoch, **metadata}
 
-    def open_rank_stream(self, ticket: StreamTicket) -> Iterator[Delivered]:
-        if ticket.start_batch > self.batches_per_epoch:
+    def open_rank_stream(self, cursor: Cursor) -> Iterator[OutgoingBatch]:
+        if cursor.next_batch > self.batches_per_epoch:
             raise TicketError("start_batch", f"past the epoch's {self.batches_per_epoch} batches")
-        return self._stream(ticket)
+        return self._stream(cursor)
 
-    def _stream(self, ticket: StreamTicket) -> Iterator[Delivered]:
-        rank, world = ticket.rank, ticket.world_size
-        per_rank = -(-self.batches_per_epoch // world)
+    def _stream(self, cursor: Cursor) -> Iterator[OutgoingBatch]:
+        rank, world = cursor.rank, cursor.world_size
         version = int((self.stream_schema().metadata or {}).get(b"config_version", b"0"))
-        for k in range(ticket.start_batch, per_rank):
-            j = k * world + rank
+        for k in range(cursor.next_batch, batches_per_rank(self.batches_per_epoch, world)):
+            j = global_batch_index(rank, world, k)
             with self._lock:
                 key = (rank, world)
                 self.produced[key] = self.produced.get(key, 0) + 1
-            yield Delivered(
-                self.batches[j % len(self.batches)],
-                {
-                    "epoch": ticket.epoch,
-                    "batch": k,
-                    "global_batch": j,
-                    "rank": rank,
-                    "world_size": world,
-                    "config_version": version,
-                },
+            metadata = BatchMetadata(
+                epoch=cursor.epoch, batch=k, global_batch=j, rank=rank, config_version=version
             )
+            yield OutgoingBatch(self.batches[j % len(self.batches)], metadata)

@@ -178,7 +178,7 @@ def start_service(
     token = settings.bearer_token()
     config = config if config is not None else config_from_settings(settings)
 
-    app = create_app(settings, None, token)
+    app = create_app(None, token)
     api = _ApiServer(app, settings)
     api.start()
     owns_ray = False

@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from packer.contract.auth import read_token
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NAVIT_", extra="ignore")
@@ -47,14 +49,14 @@ class ServiceSettings(BaseSettings):
         return self
 
     def bearer_token(self) -> str | None:
-        """The configured token: `token` (NAVIT_TOKEN) or the first line of `token_file`."""
+        """The configured token: `token` (NAVIT_TOKEN) or the first line of `token_file`.
+
+        A `token_file` that is missing or empty is a ValueError, never an open service.
+        """
         if self.token is not None and self.token.get_secret_value():
             return self.token.get_secret_value()
         if self.token_file is not None:
-            text = self.token_file.read_text().strip()
-            if not text:
-                raise ValueError(f"token file {self.token_file} is empty")
-            return text.splitlines()[0].strip()
+            return read_token(self.token_file)
         return None
 
     @property

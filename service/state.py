@@ -8,8 +8,9 @@ sent (batches are a pure function of index, config history, epoch, rank and batc
 - `frontier`: per epoch, the first window not yet planned. A config change must start at
   or after it: windows below it may already have left as batches, and re-planning them
   with another config after a restart would change what a trainer already received.
-- `cursors`: each rank stream's position (epoch, next batch index), for /stats and for
-  an operator; the trainer's own cursor in its ticket is what a reconnect resumes from.
+- `cursors`: each rank's `Cursor` (epoch, next batch index) and when it last moved, for
+  /stats and for an operator; the trainer's own cursor in its ticket is what a reconnect
+  resumes from.
 
 With no state directory the database lives in memory (nothing survives a restart).
 """
@@ -18,10 +19,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from packer.contract.cursor import Cursor
 from packer.plan import ConfigHistory
 
 DB_NAME = "navit-state.sqlite3"
@@ -41,12 +42,11 @@ CREATE TABLE IF NOT EXISTS cursors (
 
 
 @dataclass(frozen=True)
-class RankCursor:
-    rank: int
-    world_size: int
-    epoch: int
-    next_batch: int  # the first batch index of the epoch not yet sent
-    updated_at: float
+class CursorRecord:
+    """A rank's cursor as the store keeps it: where it stands, and since when."""
+
+    cursor: Cursor
+    updated_at: float  # unix seconds of its last move
 
 
 class StateStore:
@@ -67,10 +67,6 @@ class StateStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-
-    @property
-    def persistent(self) -> bool:
-        return self.state_dir is not None
 
     def close(self) -> None:
         with self._lock:
@@ -118,16 +114,19 @@ class StateStore:
 
     # -- rank cursors ------------------------------------------------------------------
 
-    def cursors(self) -> list[RankCursor]:
+    def cursors(self) -> list[CursorRecord]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT rank, world_size, epoch, next_batch, updated_at FROM cursors "
                 "ORDER BY world_size, rank"
             ).fetchall()
-        return [RankCursor(int(r), int(w), int(e), int(b), float(t)) for r, w, e, b, t in rows]
+        return [
+            CursorRecord(Cursor(int(r), int(w), int(e), int(b)), float(t)) for r, w, e, b, t in rows
+        ]
 
-    def save_cursors(self, cursors: list[RankCursor]) -> None:
-        if not cursors:
+    def save_cursors(self, records: list[CursorRecord]) -> None:
+        """Insert or replace the cursor of each record's (rank, world_size)."""
+        if not records:
             return
         with self._lock:
             self._db.executemany(
@@ -135,8 +134,14 @@ class StateStore:
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT(rank, world_size) DO UPDATE SET "
                 "epoch = excluded.epoch, next_batch = excluded.next_batch, "
                 "updated_at = excluded.updated_at",
-                [(c.rank, c.world_size, c.epoch, c.next_batch, c.updated_at) for c in cursors],
+                [
+                    (
+                        r.cursor.rank,
+                        r.cursor.world_size,
+                        r.cursor.epoch,
+                        r.cursor.next_batch,
+                        r.updated_at,
+                    )
+                    for r in records
+                ],
             )
-
-    def save_cursor(self, rank: int, world_size: int, epoch: int, next_batch: int) -> None:
-        self.save_cursors([RankCursor(rank, world_size, epoch, next_batch, time.time())])

@@ -1,4 +1,4 @@
-"""Request dependencies: the running job, the settings, and bearer-token auth.
+"""Request dependencies: the running job and bearer-token auth.
 
 They are `async def` because they never block: FastAPI runs a plain `def` dependency in
 its thread pool, a thread hop per request that costs latency when the streaming threads
@@ -7,21 +7,16 @@ keep the GIL busy.
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from packer.config import ConfigError
+from packer.contract.auth import AUTH_HEADER, bearer_matches
 from service.job import ServiceJob
-from service.settings import ServiceSettings
 
 _bearer = HTTPBearer(auto_error=False, description="the service token (--token-file, NAVIT_TOKEN)")
-
-
-async def get_settings(request: Request) -> ServiceSettings:
-    return request.app.state.settings
 
 
 async def get_job(request: Request) -> ServiceJob:
@@ -33,14 +28,17 @@ async def get_job(request: Request) -> ServiceJob:
 
 async def require_token(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """Mutations need `Authorization: Bearer <token>` when the service has a token."""
+    """Mutations need `Authorization: Bearer <token>` when the service has a token.
+
+    `_scheme` only declares the bearer scheme in the OpenAPI document; the header is
+    checked by `bearer_matches`, the rule the Flight server applies too.
+    """
     expected: str | None = request.app.state.token
     if expected is None:
         return
-    given = credentials.credentials if credentials is not None else ""
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    if not bearer_matches(request.headers.get(AUTH_HEADER), expected):
         raise HTTPException(
             401,
             "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
@@ -58,7 +56,6 @@ class ApiError(Exception):
         self.field = field
 
 
-SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 JobDep = Annotated[ServiceJob, Depends(get_job)]
 Authorized = Depends(require_token)
 

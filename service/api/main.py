@@ -1,4 +1,4 @@
-"""The control plane's app factory: wires settings, the job, routers and metrics."""
+"""The control plane's app factory: wires the job, the token, routers and metrics."""
 
 from __future__ import annotations
 
@@ -8,14 +8,9 @@ from fastapi.responses import JSONResponse
 from service.api.deps import ApiError
 from service.api.routers import config, dashboard, health, metrics, simulate, stats, trainers
 from service.job import ServiceJob
-from service.settings import ServiceSettings
 
 
-def create_app(
-    settings: ServiceSettings | None = None,
-    job: ServiceJob | None = None,
-    token: str | None = None,
-) -> FastAPI:
+def create_app(job: ServiceJob | None = None, token: str | None = None) -> FastAPI:
     """The FastAPI app; `job` may be attached later (`app.state.job = job`): until then
     job routes answer 503 and /readyz says what is missing."""
     app = FastAPI(
@@ -23,7 +18,6 @@ def create_app(
         summary="Patch n' Pack as a data service: control plane of the packer",
         version="0.1.0",
     )
-    app.state.settings = settings or ServiceSettings()
     app.state.job = job
     app.state.token = token
     app.state.registry = metrics.build_registry(app)

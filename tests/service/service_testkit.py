@@ -1,15 +1,20 @@
-"""Helpers for the service tests: tickets, reading a rank's stream, the small config."""
+"""Helpers for the service tests: tickets, reading a rank's stream, the small config, and
+a fill without Ray for driving a job's rank streams in-process."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
 from packer.config import PackingConfig
-from packer.contract.schema import from_record_batch
+from packer.contract.schema import from_record_batch, to_record_batch
+from packer.fill import fill_batch
+from packer.plan import BatchPlan
 from service.flight import bearer_call_options
 
 # Small enough that an epoch of 48 sample images is a few seconds on 2 cores, and gives
@@ -89,3 +94,52 @@ def valid_image_ids(index: pa.Table) -> list[str]:
     ids = index.column("image_id").to_pylist()
     errors = index.column("error").to_pylist()
     return sorted(i for i, e in zip(ids, errors, strict=True) if e is None)
+
+
+@dataclass
+class FilledInProcess:
+    """What `packer.pipeline.stream_filled` yields (a FilledBatch's fields), filled here."""
+
+    epoch: int
+    batch: int
+    config_version: int
+    packed: pa.RecordBatch
+    rejected: list[tuple[str, str, str]]
+
+    def record_batch(self) -> pa.RecordBatch:
+        return self.packed
+
+
+@dataclass
+class InProcessFill:
+    """A stand-in for `stream_filled` without Ray, with stream_filled's bound: it takes
+    plans only while fewer than `max_in_flight` are pending, and fills one when its
+    consumer asks for the next batch. `plans_taken` counts the plans it pulled."""
+
+    plans_taken: int = 0
+    seen_max_in_flight: list[int] = field(default_factory=list)
+
+    def __call__(self, plans: Iterable[BatchPlan], max_in_flight: int) -> Iterator:
+        self.seen_max_in_flight.append(max_in_flight)
+        pending: deque[BatchPlan] = deque()
+        source = iter(plans)
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < max_in_flight:
+                plan = next(source, None)
+                if plan is None:
+                    exhausted = True
+                else:
+                    self.plans_taken += 1
+                    pending.append(plan)
+            if not pending:
+                return
+            plan = pending.popleft()
+            result = fill_batch(plan)
+            yield FilledInProcess(
+                plan.epoch,
+                plan.batch,
+                plan.config_version,
+                to_record_batch(result.batch),
+                result.rejected,
+            )

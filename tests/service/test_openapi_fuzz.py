@@ -14,7 +14,6 @@ from schemathesis import checks as st
 
 from service.api.main import create_app
 from service.job import ServiceJob
-from service.settings import ServiceSettings
 from service.state import StateStore
 from tests.service.service_testkit import SMALL_CONFIG
 
@@ -22,7 +21,7 @@ from tests.service.service_testkit import SMALL_CONFIG
 # parametrizes from it) and the job is attached by a fixture. (`from_fixture` does not
 # work with pytest 9.)
 TOKEN = "fuzz-token"
-APP = create_app(ServiceSettings(), job=None, token=TOKEN)
+APP = create_app(job=None, token=TOKEN)
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
@@ -79,6 +78,6 @@ def test_openapi_fuzz(case):
 
 def test_the_fuzzed_app_still_serves(sample_index):
     job = ServiceJob(sample_index, SMALL_CONFIG, StateStore(None), dataset="sample")
-    with TestClient(create_app(ServiceSettings(), job, token=TOKEN)) as client:
+    with TestClient(create_app(job, token=TOKEN)) as client:
         assert client.get("/config").status_code == 200
         assert client.patch("/config", json={"pack_window": 8}).status_code == 401

@@ -165,7 +165,7 @@ def test_a_stalled_rank_keeps_its_fill_bounded_and_others_finish(start, sample_i
     rank1 = read_stream(service.flight_location, 1, 2, epoch=0)
     assert len(rank1) == per_rank  # the other rank is not held up by the stalled one
 
-    (stream,) = [s for s in service.job.streams() if s.rank == 0]
+    (stream,) = [s for s in service.job.streams() if s.cursor.rank == 0]
     assert stream.closed_at is None  # still open, parked behind the stalled client
     assert stream.sent < per_rank
     assert stream.max_in_flight_seen <= 2

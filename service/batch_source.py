@@ -1,0 +1,41 @@
+"""What the Flight server streams from: a source of each rank's outgoing batches.
+
+Two sources exist: the packing job (`service.job.ServiceJob`, batches planned and filled
+on demand) and `service.replay.ReplaySource` (a fixed list of batches, for benchmarks
+and transport tests). Both hand the transport `OutgoingBatch`es. The Flight server
+imports only this module and the contract, never the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from packer.contract.cursor import BatchMetadata, Cursor
+
+
+@dataclass(frozen=True)
+class OutgoingBatch:
+    """A filled batch ready for the transport, with the metadata that travels with it."""
+
+    record_batch: pa.RecordBatch
+    metadata: BatchMetadata
+
+
+class ServiceStopping(Exception):
+    """The service is shutting down; a trainer should reconnect with its cursor."""
+
+
+class BatchSource(Protocol):
+    """A source of rank streams. `open_rank_stream` raises TicketError for a cursor it
+    cannot serve and ServiceStopping once the service is stopping; the stream itself may
+    raise ServiceStopping between batches."""
+
+    def stream_schema(self) -> pa.Schema: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def open_rank_stream(self, cursor: Cursor) -> Iterator[OutgoingBatch]: ...

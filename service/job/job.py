@@ -1,0 +1,142 @@
+"""`ServiceJob`: the packing job behind the service, wiring its parts together.
+
+One job owns the index, the config (`ConfigControl`: history, planners, changes,
+what-if runs), the rank streams (`RankStreams`: planning per rank, bounded fills,
+cursors), the live statistics and what the control plane shows (`status`). The Flight
+server streams from it (`open_rank_stream`), the FastAPI routers read and change it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from packer.config import PackingConfig
+from packer.contract.cursor import Cursor
+from packer.contract.schema import packed_schema
+from packer.index import header_rejects
+from packer.plan import ConfigHistory, ConfigVersion
+from service.batch_source import OutgoingBatch
+from service.job import status
+from service.job.config_control import ConfigControl
+from service.job.options import JobOptions
+from service.job.status import RecentLayouts, TrainerReports
+from service.job.streams import FillFunction, RankStreams, StreamStatus
+from service.live_stats import LiveStats
+from service.state import StateStore
+
+
+class ServiceJob:
+    """The packing job: config history and planners, rank streams, live stats, reports."""
+
+    def __init__(
+        self,
+        index: pa.Table,
+        config: PackingConfig,
+        state: StateStore,
+        *,
+        dataset: str = "",
+        options: JobOptions | None = None,
+        fill: FillFunction | None = None,
+    ) -> None:
+        self.index = index
+        self.state = state
+        self.dataset = dataset
+        self.options = options or JobOptions()
+        self.started_at = time.time()
+        rejects = [reason for _, reason in header_rejects(index)]
+        self.num_images = index.num_rows
+        self.num_valid_images = index.num_rows - len(rejects)
+        self.stats = LiveStats()
+        self.config_control = ConfigControl(
+            index, config, state, dataset=dataset, options=self.options
+        )
+        self.recent = RecentLayouts(self.options.recent_sequences)
+        self.trainer_reports = TrainerReports()
+        self.rank_streams = RankStreams(
+            self.config_control.planners,
+            state,
+            self.stats,
+            self.recent,
+            max_in_flight=self.options.max_in_flight,
+            header_rejects=rejects,
+            fill=fill,
+        )
+
+    # -- config ------------------------------------------------------------------------
+
+    @property
+    def history(self) -> ConfigHistory:
+        return self.config_control.history
+
+    @property
+    def config_version(self) -> ConfigVersion:
+        return self.config_control.current
+
+    def stream_schema(self) -> pa.Schema:
+        return packed_schema(
+            self.config_control.patch_size,
+            self.config_control.seq_len,
+            self.config_control.current.version,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What list_flights / get_flight_info tell a client about the stream."""
+        current = self.config_control.current
+        return {
+            "dataset": self.dataset,
+            "patch_size": self.config_control.patch_size,
+            "seq_len": self.config_control.seq_len,
+            "config_version": current.version,
+            "batch_size": current.config.batch_size,
+            "images": self.num_images,
+            "valid_images": self.num_valid_images,
+            "max_in_flight": self.options.max_in_flight,
+        }
+
+    def update_config(
+        self, changes: dict[str, Any], expected_version: int | None = None
+    ) -> tuple[ConfigVersion, list[str]]:
+        """See `ConfigControl.update_config`."""
+        return self.config_control.update_config(changes, expected_version)
+
+    def simulate(
+        self, changes: dict[str, Any], sample_size: int | None = None, epochs: int = 1
+    ) -> dict[str, Any]:
+        """See `ConfigControl.simulate`."""
+        return self.config_control.simulate(changes, sample_size, epochs)
+
+    # -- streams -----------------------------------------------------------------------
+
+    def open_rank_stream(self, cursor: Cursor) -> Iterator[OutgoingBatch]:
+        """Check `cursor` now (TicketError, ServiceStopping); return its lazy stream."""
+        return self.rank_streams.open(cursor)
+
+    def streams(self) -> list[StreamStatus]:
+        return self.rank_streams.statuses()
+
+    def stop(self) -> None:
+        """Make every stream end at its next batch (ServiceStopping) and save cursors."""
+        self.rank_streams.stop()
+
+    # -- status for the control plane --------------------------------------------------
+
+    def rank_positions(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Each rank's cursor, and its lag behind the furthest rank of its world size."""
+        return status.rank_rows(self.rank_streams.ranks(), time.time() if now is None else now)
+
+    def recent_sequences(self, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.recent.sequences(limit)
+
+    def report_trainer(self, rank: int, report: dict[str, Any]) -> dict[str, Any]:
+        return self.trainer_reports.add(rank, report)
+
+    def trainers(self, now: float | None = None) -> list[dict[str, Any]]:
+        return self.trainer_reports.entries(now)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything GET /stats shows."""
+        return status.summary(self, time.time())

@@ -1,0 +1,257 @@
+"""Rank streams: each trainer rank's batches, planned lazily, filled with bounded work.
+
+A rank stream (`RankStreams.open`) pulls rank r's plans from the shared planners (its
+k-th batch is global batch `global_batch_index(r, W, k)`, for k = the cursor's
+next_batch, next_batch + 1, ...) and fills them with `packer.pipeline.stream_filled`: at
+most `max_in_flight` fill tasks are pending per stream, and a new one starts only when
+the stream's consumer takes a filled batch. The consumer is the Flight server, which
+takes the next batch only when gRPC accepted the previous one, so a slow or vanished
+trainer stops its own stream's work (gRPC flow control, then this bound) instead of
+growing a buffer. Other ranks are unaffected: each stream has its own fill tasks; they
+share only the planners.
+
+Each rank's position is a `Cursor`, advanced as its batches leave and saved to the state
+store at most once a second while streaming (and when a stream ends), for /stats and an
+operator; a reconnecting trainer resumes from the cursor in its own ticket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from packer.contract.cursor import BatchMetadata, Cursor
+from packer.contract.schema import from_record_batch
+from packer.plan import BatchPlan
+from service.batch_source import OutgoingBatch, ServiceStopping
+from service.job.planning import EpochPlanners
+from service.job.status import RecentLayouts
+from service.live_stats import LiveStats
+from service.state import CursorRecord, StateStore
+
+if TYPE_CHECKING:
+    from packer.pipeline import FilledBatch
+
+log = logging.getLogger("navit.service")
+
+_CURSOR_SAVE_INTERVAL_S = 1.0
+_CLOSED_STREAMS_KEPT = 32
+
+# stream_filled's shape: (plans, max_in_flight) -> filled batches in plan order.
+FillFunction = Callable[[Iterable[BatchPlan], int], Iterator["FilledBatch"]]
+
+
+@dataclass
+class StreamStatus:
+    """One open (or recently closed) rank stream."""
+
+    stream_id: int
+    cursor: Cursor  # the next batch not yet handed to the transport
+    submitted: int = 0  # plans handed to the fill
+    received: int = 0  # filled batches taken from the fill
+    sent: int = 0  # batches handed to the transport
+    max_in_flight_seen: int = 0
+    closed_at: float | None = None
+    end: str = ""  # "", "complete", "closed", "error: ..."
+
+    @property
+    def in_flight(self) -> int:
+        """Fill tasks started for this stream whose batch was not taken yet."""
+        return self.submitted - self.received
+
+
+@dataclass
+class RankStatus:
+    """A rank's cursor, and what /stats tells about it besides."""
+
+    cursor: Cursor
+    updated_at: float  # when its cursor last moved
+    batches_sent: int = 0
+    open_streams: int = 0
+    dirty: bool = False  # moved since the state store last saved it
+
+
+class RankStreams:
+    """The rank streams of one job, their statuses and each rank's cursor."""
+
+    def __init__(
+        self,
+        planners: EpochPlanners,
+        state: StateStore,
+        stats: LiveStats,
+        recent: RecentLayouts,
+        *,
+        max_in_flight: int,
+        header_rejects: list[str],
+        fill: FillFunction | None = None,
+    ) -> None:
+        self._planners = planners
+        self._state = state
+        self._stats = stats
+        self._recent = recent
+        self.max_in_flight = max_in_flight
+        self._header_rejects = header_rejects
+        self._fill = fill
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # the statuses below
+        self._open: dict[int, StreamStatus] = {}
+        self._closed: deque[StreamStatus] = deque(maxlen=_CLOSED_STREAMS_KEPT)
+        self._next_stream_id = 1
+        self._ranks: dict[tuple[int, int], RankStatus] = {
+            (r.cursor.rank, r.cursor.world_size): RankStatus(r.cursor, r.updated_at)
+            for r in state.cursors()
+        }
+
+    def open(self, cursor: Cursor) -> Iterator[OutgoingBatch]:
+        """Check `cursor` now (TicketError, ServiceStopping) and return its lazy stream."""
+        if self._stopping.is_set():
+            raise ServiceStopping("the service is shutting down")
+        self._planners.check_epoch(cursor.epoch)
+        now = time.time()
+        with self._lock:
+            status = StreamStatus(self._next_stream_id, cursor)
+            self._next_stream_id += 1
+            self._open[status.stream_id] = status
+            rank = self._ranks.setdefault((cursor.rank, cursor.world_size), RankStatus(cursor, now))
+            rank.cursor = cursor
+            rank.open_streams += 1
+            rank.dirty = True
+        return self._stream(cursor, status)
+
+    def _fill_function(self) -> FillFunction:
+        if self._fill is None:
+            from packer.pipeline import stream_filled  # imports Ray: only when streaming
+
+            self._fill = stream_filled
+        return self._fill
+
+    def _stream(self, start: Cursor, status: StreamStatus) -> Iterator[OutgoingBatch]:
+        planned: dict[int, tuple[Cursor, BatchPlan]] = {}  # global batch -> its cursor, plan
+
+        def plans() -> Iterator[BatchPlan]:
+            # An epoch's unreadable headers count once, when it is first planned.
+            self._stats.add_header_rejected(start.epoch, self._header_rejects)
+            cursor = start
+            while not self._stopping.is_set():
+                plan = self._planners.plan(cursor)
+                if plan is None:
+                    return
+                planned[cursor.global_batch] = (cursor, plan)
+                status.submitted += 1
+                status.max_in_flight_seen = max(status.max_in_flight_seen, status.in_flight)
+                yield plan
+                cursor = cursor.advanced()
+
+        last_saved = 0.0
+        try:
+            for filled in self._fill_function()(plans(), self.max_in_flight):
+                status.received += 1
+                if self._stopping.is_set():
+                    raise ServiceStopping("the service is shutting down")
+                cursor, plan = planned.pop(filled.batch)
+                metadata = BatchMetadata(
+                    epoch=cursor.epoch,
+                    batch=cursor.next_batch,
+                    global_batch=cursor.global_batch,
+                    rank=cursor.rank,
+                    config_version=filled.config_version,
+                )
+                record_batch = filled.record_batch()
+                self._account(metadata, plan, filled, record_batch)
+                yield OutgoingBatch(record_batch, metadata)
+                # The transport asked for the next batch: this one has left.
+                now = time.time()
+                status.sent += 1
+                status.cursor = cursor.advanced()
+                self._advance(status.cursor, now)
+                if now - last_saved >= _CURSOR_SAVE_INTERVAL_S:
+                    self.flush_cursors()
+                    last_saved = now
+            if self._stopping.is_set() and not status.end:
+                raise ServiceStopping("the service is shutting down")
+            status.end = "complete"
+        except GeneratorExit:
+            status.end = "closed"  # the trainer went away (or the server stopped)
+            raise
+        except Exception as e:
+            status.end = f"error: {e}"
+            raise
+        finally:
+            self._close(status)
+
+    def _account(
+        self,
+        metadata: BatchMetadata,
+        plan: BatchPlan,
+        filled: FilledBatch,
+        record_batch: pa.RecordBatch,
+    ) -> None:
+        packed = from_record_batch(record_batch)
+        rejected = [reason for _, reason, _ in filled.rejected]
+        self._stats.add_delivered(plan, packed, rejected, record_batch.nbytes)
+        self._recent.add(metadata, packed)
+
+    def _advance(self, cursor: Cursor, now: float) -> None:
+        with self._lock:
+            rank = self._ranks[(cursor.rank, cursor.world_size)]
+            rank.cursor = cursor
+            rank.updated_at = now
+            rank.batches_sent += 1
+            rank.dirty = True
+
+    def _close(self, status: StreamStatus) -> None:
+        with self._lock:
+            status.closed_at = time.time()
+            self._open.pop(status.stream_id, None)
+            self._closed.append(status)
+            self._ranks[(status.cursor.rank, status.cursor.world_size)].open_streams -= 1
+        try:
+            self.flush_cursors()
+        except Exception:  # noqa: BLE001 - a closed store at shutdown must not mask the end
+            log.exception("could not save rank cursors")
+
+    def flush_cursors(self) -> None:
+        """Save every cursor that moved since the last save."""
+        with self._lock:
+            dirty = [rank for rank in self._ranks.values() if rank.dirty]
+            for rank in dirty:
+                rank.dirty = False
+            records = [CursorRecord(rank.cursor, rank.updated_at) for rank in dirty]
+        self._state.save_cursors(records)
+
+    def stop(self) -> None:
+        """Make every stream end at its next batch (ServiceStopping) and save cursors."""
+        self._stopping.set()
+        self.flush_cursors()
+
+    # -- what /stats shows -------------------------------------------------------------
+
+    def statuses(self) -> list[StreamStatus]:
+        """The open streams, then the last closed ones."""
+        with self._lock:
+            return list(self._open.values()) + list(self._closed)
+
+    def ranks(self) -> list[tuple[RankStatus, int]]:
+        """A copy of each rank's status with its fill tasks in flight, by (world, rank)."""
+        with self._lock:
+            in_flight: dict[tuple[int, int], int] = {}
+            for s in self._open.values():
+                key = (s.cursor.rank, s.cursor.world_size)
+                in_flight[key] = in_flight.get(key, 0) + s.in_flight
+            items = sorted(self._ranks.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+            return [(dataclasses.replace(rank), in_flight.get(key, 0)) for key, rank in items]
+
+    def open_counts(self) -> tuple[int, int]:
+        """(open streams, the most fill tasks any of them had in flight)."""
+        with self._lock:
+            active = len(self._open)
+            most = max((s.max_in_flight_seen for s in self._open.values()), default=0)
+        return active, most

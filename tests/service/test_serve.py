@@ -1,0 +1,105 @@
+"""`start_service`: one token guards both servers' mutations and streams; TLS on both."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+from pathlib import Path
+
+import httpx
+import pyarrow.flight as flight
+import pytest
+
+from service.flight import bearer_call_options
+from tests.service.service_testkit import connect, read_stream, received, ticket
+
+
+@pytest.mark.slow
+def test_token_guards_mutations_and_streams(start, tmp_path, monkeypatch):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    service = start(token_file=token_file)
+    url = service.api_url
+    good = {"Authorization": "Bearer s3cret-token"}
+
+    assert httpx.patch(f"{url}/config", json={"pack_window": 8}).status_code == 401
+    wrong = httpx.patch(
+        f"{url}/config", json={"pack_window": 8}, headers={"Authorization": "Bearer nope"}
+    )
+    assert wrong.status_code == 401 and "bearer token" in wrong.json()["detail"]
+    assert httpx.post(f"{url}/simulate", json={}).status_code == 401
+    report = {"step": 1, "step_time_s": 1.0, "data_wait_s": 0.0}
+    assert httpx.post(f"{url}/trainers/0/report", json=report).status_code == 401
+    assert httpx.get(f"{url}/stats").status_code == 200  # reading needs no token
+    assert httpx.patch(f"{url}/config", json={"pack_window": 8}, headers=good).status_code == 200
+    assert httpx.post(f"{url}/trainers/0/report", json=report, headers=good).status_code == 200
+
+    client = connect(service.flight_location)
+    with pytest.raises(flight.FlightUnauthenticatedError, match="bearer token"):
+        client.do_get(ticket(0, 1, 0)).read_all()
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        list(client.list_flights())
+    wrong_options = bearer_call_options("nope")
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        client.do_get(ticket(0, 1, 0), wrong_options).read_all()
+    client.close()
+    batches = read_stream(service.flight_location, 0, 1, 0, token="s3cret-token", limit=2)
+    assert len(batches) == 2
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.mark.slow
+def test_tls_for_flight_and_http(start, tmp_path):
+    pytest.importorskip("cryptography")
+    cert, key = _self_signed(tmp_path)
+    service = start(tls_cert=cert, tls_key=key)
+    assert service.api_url.startswith("https://")
+    assert service.flight_location.startswith("grpc+tls://")
+
+    context = ssl.create_default_context(cafile=str(cert))
+    assert httpx.get(f"{service.api_url}/healthz", verify=context).status_code == 200
+    client = connect(service.flight_location, tls_root=cert.read_bytes())
+    reader = client.do_get(ticket(0, 1, 0))
+    assert received(reader.read_chunk()).metadata["batch"] == 0
+    reader.cancel()
+    client.close()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{service.api_url}/healthz")  # not trusted without the certificate
