@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from packer.config import PackingConfig
+from packer.contract.cursor import Cursor
 from packer.contract.schema import PackedBatch, to_record_batch
 from packer.packing import BinLimits, pack
 from packer.sampling import sample_resolutions, target_grids
@@ -306,7 +307,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         write_folder(batches, Path(folder))
         # The packed batches come from Arrow files through the trainer's prefetch thread.
-        stream = (batch for _, batch in iter_batches(folder, end_epoch=1, prefetch=2))
+        batches_read = iter_batches(folder, Cursor(rank=0, world_size=1), end_epoch=1, prefetch=2)
+        stream = (batch for _, batch in batches_read)
         modes = [
             Mode(
                 "packed",

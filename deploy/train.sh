@@ -26,4 +26,4 @@ else
 fi
 gpus="${NAVIT_GPUS:-$(python -c 'import torch; print(max(1, torch.cuda.device_count()))')}"
 # shellcheck disable=SC2086 # $rendezvous is a list of flags
-exec torchrun $rendezvous --nproc-per-node="$gpus" -m trainer.train "$@"
+exec torchrun $rendezvous --nproc-per-node="$gpus" -m deploy.cli.train "$@"

@@ -1,5 +1,6 @@
 # GPU trainer image: torch (CUDA) + pyarrow + numpy + tqdm and the trainer code only, no
-# Ray and no service code (the trainer imports nothing else: trainer/ and packer/contract/schema.py).
+# Ray and no service code (the trainer imports nothing else: trainer/, packer/contract/ and
+# the `navit train` command, deploy/cli/train.py with its deploy/cli/options.py).
 #   docker build -f deploy/trainer.Dockerfile -t navit-pack-trainer .
 # Needs the NVIDIA driver and container toolkit on the host; the CUDA runtime libraries
 # come with the torch wheel.
@@ -22,14 +23,17 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.
 
 WORKDIR /app
 ENV PYTHONPATH=/app
-COPY packer/__init__.py packer/contract/schema.py packer/
+COPY packer/__init__.py packer/__init__.py
+COPY packer/contract packer/contract
 COPY trainer trainer
+COPY deploy/__init__.py deploy/__init__.py
+COPY deploy/cli/options.py deploy/cli/train.py deploy/cli/
 COPY deploy/train.sh deploy/train.sh
 
 RUN useradd --create-home --uid 1000 navit \
     && mkdir -p /ckpt \
     && chown navit:navit /ckpt \
-    && python -c "import trainer.train"
+    && python -m deploy.cli.train --help >/dev/null
 USER navit
 
 CMD ["sh", "deploy/train.sh", "--help"]

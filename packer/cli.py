@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run_serve",
         "run the packer service: Flight stream + control plane",
     ),
-    "train": ("trainer.train", "add_train_arguments", "run_train", "train NaViT from a stream"),
+    "train": ("deploy.cli.train", "add_arguments", "run", "train NaViT from a stream"),
     "pretrain": (
         "service.pretrain",
         "add_pretrain_arguments",

@@ -1,26 +1,34 @@
 """Packed batches for one trainer rank: from a folder of Arrow files or an Arrow Flight stream.
 
-`iter_batches` yields `(cursor, PackedBatch)` where cursor = (epoch, k) and k counts this
-rank's batches within the epoch. A checkpoint stores the cursor after the last trained
-batch, (epoch, k + 1), and `iter_batches(..., epoch=epoch, start_batch=k + 1)` continues
-there with no batch lost or repeated. Epochs follow each other (epoch + 1, batch 0) until
-`end_epoch` (None = forever).
+`iter_batches(source, cursor)` yields `(cursor_after, batch)` pairs: each batch with the
+`Cursor` (packer/contract/cursor.py) that stands just AFTER it, which is what a
+checkpoint stores and what `iter_batches` continues from, with no batch lost or repeated.
+Rank 1 of 2 over an epoch of 5 global batches, starting at Cursor(1, 2, epoch=0,
+next_batch=1):
+
+    yields (Cursor(1, 2, 0, 2), global batch 3)        # this rank's k = 1
+           (Cursor(1, 2, 0, 3), all-padding batch)     # k = 2: global 5 is past the end
+           (Cursor(1, 2, 1, 1), epoch 1's global 1)    # k = 0 of the next epoch
+           ...
+
+so after training a batch the loop saves its cursor, and resuming from Cursor(1, 2, 0, 3)
+goes straight to epoch 1. Epochs follow each other until `end_epoch` (None = forever).
 
 Sources:
 
 * a folder written by `navit pack`: DIR/epoch-{e:03d}/batch-{j:06d}.arrow, one record
-  batch per file, j the global batch index. Rank r of W reads j = k*W + r for
-  k = 0 .. ceil(B/W) - 1 where B is the epoch's batch count; when j >= B it gets an
-  all-padding batch, so every rank sees the same number of batches and DDP never waits
-  on a rank that ran out. Epoch e reads epoch-{e mod E} where E is the number of epoch
-  folders, so a folder packed with only epoch-000 is replayed every epoch (same images,
-  same order). A folder of batch-*.arrow files without epoch folders is one epoch.
+  batch per file, j the global batch index. Rank r of W reads its k-th batch from
+  j = global_batch_index(r, W, k) for k < batches_per_rank(B, W), B the epoch's batch
+  count; when j >= B it gets an all-padding batch, so every rank sees the same number of
+  batches and DDP never waits on a rank that ran out. Epoch e reads epoch-{e mod E}
+  where E is the number of epoch folders, so a folder packed with only epoch-000 is
+  replayed every epoch (same images, same order). A folder of batch-*.arrow files without
+  epoch folders is one epoch.
 * `grpc://host:port` or `grpc+tls://host:port`: Arrow Flight `do_get` with the ticket
-  UTF-8 JSON {"rank": r, "world_size": W, "epoch": e, "start_batch": k} and, when a token
-  is given, the header `authorization: Bearer <token>`. Each chunk may carry app_metadata,
-  JSON with "epoch", "batch" (this rank's k, the same count as start_batch) and
-  "config_version"; the cursor comes from it when present. When a stream ends the client
-  asks for the next epoch from batch 0; an empty stream at batch 0 ends the iteration.
+  `cursor.to_ticket()` and, when a token is given, the `bearer_headers(token)`. Each
+  chunk may carry `BatchMetadata` as app_metadata; the cursor then comes from it
+  (`cursor.after(metadata)`), else from counting. When a stream ends the client asks for
+  the next epoch from batch 0; an empty stream at batch 0 ends the iteration.
 
 A background thread reads ahead `prefetch` batches (a bounded queue), so file reads and
 network waits overlap the training step. `to_device` turns a batch into torch tensors
@@ -29,7 +37,6 @@ without copying on CPU, or through pinned memory with non-blocking copies on CUD
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import re
@@ -43,14 +50,26 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from packer.contract.auth import bearer_headers
+from packer.contract.cursor import BatchMetadata, Cursor, batches_per_rank, global_batch_index
 from packer.contract.schema import PackedBatch, from_record_batch
-
-Cursor = tuple[int, int]  # (epoch, batch index of this rank within the epoch)
 
 FLIGHT_SCHEMES = ("grpc://", "grpc+tls://", "grpc+tcp://", "grpc+unix://")
 
 _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 _BATCH_FILE = re.compile(r"^batch-(\d+)\.arrow$")
+
+# The tensors `to_device` makes: the model inputs, then the labels.
+TENSOR_COLUMNS = (
+    "patches",
+    "segment_ids",
+    "patch_rows",
+    "patch_cols",
+    "image_grid_h",
+    "image_grid_w",
+    "images_per_seq",
+    "labels",
+)
 
 
 def is_flight_source(source: str | os.PathLike[str]) -> bool:
@@ -59,27 +78,19 @@ def is_flight_source(source: str | os.PathLike[str]) -> bool:
 
 def iter_batches(
     source: str | os.PathLike[str],
-    rank: int = 0,
-    world_size: int = 1,
-    epoch: int = 0,
-    start_batch: int = 0,
+    cursor: Cursor,
     token: str | None = None,
     prefetch: int = 2,
     end_epoch: int | None = None,
 ) -> Generator[tuple[Cursor, PackedBatch], None, None]:
-    """(cursor, batch) pairs for `rank` of `world_size`, from the cursor (epoch, start_batch).
+    """(cursor after the batch, batch) pairs of `cursor.rank`, from `cursor` on.
 
     `prefetch` batches are read ahead by a background thread (0: read on demand).
     """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
-    if epoch < 0 or start_batch < 0:
-        raise ValueError(f"cursor must be non-negative, got epoch={epoch} batch={start_batch}")
     if is_flight_source(source):
-        batches = _iter_flight(str(source), rank, world_size, epoch, start_batch, token, end_epoch)
+        batches = _iter_flight(str(source), cursor, token, end_epoch)
     else:
-        folder = PackedFolder(Path(source))
-        batches = folder.iter_rank(rank, world_size, epoch, start_batch, end_epoch)
+        batches = PackedFolder(Path(source)).iter_rank(cursor, end_epoch)
     return prefetch_in_thread(batches, prefetch) if prefetch > 0 else batches
 
 
@@ -145,9 +156,6 @@ class PackedFolder:
             raise ValueError(f"{directory}: batch files missing: {missing[:10]}")
         return [path for _, path in indexed]
 
-    def batches_per_rank(self, epoch: int, world_size: int) -> int:
-        return -(-len(self.batch_files(epoch)) // world_size)  # ceil(B / W)
-
     def empty_batch(self, files: list[Path]) -> PackedBatch:
         """An all-padding batch shaped like the epoch's batches (rows, seq_len, patch)."""
         key = files[0]
@@ -157,56 +165,40 @@ class PackedFolder:
         return PackedBatch.empty(*self._empty_shape[key])
 
     def iter_rank(
-        self,
-        rank: int,
-        world_size: int,
-        epoch: int = 0,
-        start_batch: int = 0,
-        end_epoch: int | None = None,
+        self, cursor: Cursor, end_epoch: int | None = None
     ) -> Generator[tuple[Cursor, PackedBatch], None, None]:
-        while end_epoch is None or epoch < end_epoch:
-            files = self.batch_files(epoch)
+        """(cursor after, batch) of `cursor.rank` from `cursor` on (see the module doc)."""
+        while end_epoch is None or cursor.epoch < end_epoch:
+            files = self.batch_files(cursor.epoch)
             if not files:
-                raise ValueError(f"{self.root}: epoch {epoch} has no batch files")
-            for k in range(start_batch, -(-len(files) // world_size)):
-                j = k * world_size + rank  # global batch index
+                raise ValueError(f"{self.root}: epoch {cursor.epoch} has no batch files")
+            for k in range(cursor.next_batch, batches_per_rank(len(files), cursor.world_size)):
+                j = global_batch_index(cursor.rank, cursor.world_size, k)
                 batch = read_arrow_file(files[j]) if j < len(files) else self.empty_batch(files)
-                yield (epoch, k), batch
-            epoch, start_batch = epoch + 1, 0
+                cursor = cursor.advanced()
+                yield cursor, batch
+            cursor = cursor.next_epoch()
 
 
 # ---------------------------------------------------------------------------------------
 # Arrow Flight
 
 
-def flight_ticket(rank: int, world_size: int, epoch: int, start_batch: int) -> bytes:
-    """The do_get ticket of the packer service, e.g. b'{"rank": 0, "world_size": 2, ...}'."""
-    ticket = {"rank": rank, "world_size": world_size, "epoch": epoch, "start_batch": start_batch}
-    return json.dumps(ticket).encode()
-
-
 def _iter_flight(
-    location: str,
-    rank: int,
-    world_size: int,
-    epoch: int,
-    start_batch: int,
-    token: str | None,
-    end_epoch: int | None,
+    location: str, cursor: Cursor, token: str | None, end_epoch: int | None
 ) -> Generator[tuple[Cursor, PackedBatch], None, None]:
     from pyarrow import flight
 
-    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    headers = [(k.encode(), v.encode()) for k, v in bearer_headers(token).items()]
     options = flight.FlightCallOptions(headers=headers)
     # Packed batches are several MB each: 16 MB HTTP/2 frames cut the per-frame overhead
-    # of the Flight client (about +50% throughput in bench/bench_service.py).
+    # of the Flight client (measured in bench/bench_service.py).
     client = flight.FlightClient(
         location, generic_options=[("grpc.http2.max_frame_size", 16 * 1024 * 1024 - 1)]
     )
     try:
-        while end_epoch is None or epoch < end_epoch:
-            ticket = flight.Ticket(flight_ticket(rank, world_size, epoch, start_batch))
-            reader = client.do_get(ticket, options)
+        while end_epoch is None or cursor.epoch < end_epoch:
+            reader = client.do_get(flight.Ticket(cursor.to_ticket()), options)
             received = 0
             while True:
                 try:
@@ -215,29 +207,28 @@ def _iter_flight(
                     break
                 if chunk.data is None:  # a metadata-only message
                     continue
-                metadata = _json_metadata(chunk.app_metadata)
-                epoch = int(metadata.get("epoch", epoch))
-                start_batch = int(metadata.get("batch", start_batch))
-                if end_epoch is not None and epoch >= end_epoch:
+                metadata = _batch_metadata(chunk.app_metadata)
+                if metadata is not None and end_epoch is not None and metadata.epoch >= end_epoch:
                     return
                 batch = from_record_batch(chunk.data)
-                if "config_version" in metadata:
-                    batch.config_version = int(metadata["config_version"])
-                yield (epoch, start_batch), batch
-                start_batch += 1
+                if metadata is None:
+                    cursor = cursor.advanced()
+                else:
+                    cursor = cursor.after(metadata)
+                    batch.config_version = metadata.config_version
                 received += 1
-            if received == 0 and start_batch == 0:
+                yield cursor, batch
+            if received == 0 and cursor.next_batch == 0:
                 return  # the service has no batches for this epoch: the data has ended
-            epoch, start_batch = epoch + 1, 0
+            cursor = cursor.next_epoch()
     finally:
         client.close()
 
 
-def _json_metadata(buffer: pa.Buffer | None) -> dict[str, Any]:
+def _batch_metadata(buffer: pa.Buffer | None) -> BatchMetadata | None:
     if buffer is None or buffer.size == 0:
-        return {}
-    value = json.loads(buffer.to_pybytes())
-    return value if isinstance(value, dict) else {}
+        return None
+    return BatchMetadata.from_bytes(buffer.to_pybytes())
 
 
 # ---------------------------------------------------------------------------------------
@@ -301,20 +292,6 @@ def prefetch_in_thread(items: Iterator[Any], depth: int) -> Generator[Any, None,
 # To torch
 
 
-def batch_arrays(batch: PackedBatch) -> dict[str, np.ndarray]:
-    """The model inputs and labels of a batch, by name (numpy, no copy)."""
-    return {
-        "patches": batch.patches,
-        "segment_ids": batch.segment_ids,
-        "patch_rows": batch.patch_rows,
-        "patch_cols": batch.patch_cols,
-        "image_grid_h": batch.image_grid_h,
-        "image_grid_w": batch.image_grid_w,
-        "images_per_seq": batch.images_per_seq,
-        "labels": batch.labels,
-    }
-
-
 def to_device(batch: PackedBatch, device: torch.device | str) -> dict[str, torch.Tensor]:
     """Tensors of a batch on `device`: zero-copy views on CPU; pinned + non_blocking on CUDA.
 
@@ -326,8 +303,8 @@ def to_device(batch: PackedBatch, device: torch.device | str) -> dict[str, torch
     with warnings.catch_warnings():
         # Arrow buffers are immutable, so numpy marks them read-only; nothing writes to them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        for name, array in batch_arrays(batch).items():
-            tensor = torch.from_numpy(np.ascontiguousarray(array))
+        for name in TENSOR_COLUMNS:
+            tensor = torch.from_numpy(np.ascontiguousarray(getattr(batch, name)))
             if device.type == "cuda":
                 tensor = tensor.pin_memory().to(device, non_blocking=True)
             elif device.type != "cpu":

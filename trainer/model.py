@@ -416,9 +416,6 @@ class NaViT(nn.Module):
         x = self.norm(x)
         return self.head(x, image_index, num_images)  # [N, num_classes]
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):

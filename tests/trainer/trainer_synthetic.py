@@ -1,4 +1,4 @@
-"""Synthetic packed batches for the trainer tests (no packer beyond packer.contract.schema).
+"""Synthetic packed batches for the trainer tests (no packer beyond packer.contract).
 
 `make_batch([[(2, 3), (1, 4)], [(3, 3)]], seq_len=16)` packs a 2x3 and a 1x4 image into
 sequence 0 and a 3x3 image into sequence 1, padding each sequence at the tail.
@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import flight
 
+from packer.contract.cursor import BatchMetadata
 from packer.contract.schema import PackedBatch, to_record_batch
 
 Grid = tuple[int, int]
@@ -149,8 +150,8 @@ class ListFlightServer(flight.FlightServerBase):
             for k in range(request["start_batch"], -(-len(batches) // world)):
                 j = k * world + rank
                 batch = batches[j] if j < len(batches) else PackedBatch.empty(*padding_shape)
-                metadata = {"epoch": epoch, "batch": k, "config_version": 7}
-                yield to_record_batch(batch), pa.py_buffer(json.dumps(metadata).encode())
+                metadata = BatchMetadata(epoch, k, j, rank, config_version=7)
+                yield to_record_batch(batch), pa.py_buffer(metadata.to_bytes())
 
         return flight.GeneratorStream(schema, stream())
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from pyarrow import flight
 
+from packer.contract.cursor import Cursor
 from packer.contract.schema import PackedBatch
 from tests.trainer.trainer_synthetic import ListFlightServer, make_batch, random_layout, write_arrow
 from trainer.data import iter_batches, prefetch_in_thread, read_arrow_file, to_device
@@ -43,11 +44,12 @@ def test_folder_ranks_get_equal_counts_with_padding_batches(tmp_path):
     write_epoch(tmp_path, 0, batches)
     world_size = 3  # 5 batches over 3 ranks: 2 each, the last rank's second one is padding
     per_rank = {
-        rank: list(iter_batches(tmp_path, rank, world_size, end_epoch=1, prefetch=1))
+        rank: list(iter_batches(tmp_path, Cursor(rank, world_size), end_epoch=1, prefetch=1))
         for rank in range(world_size)
     }
     assert {rank: len(items) for rank, items in per_rank.items()} == {0: 2, 1: 2, 2: 2}
-    assert [cursor for cursor, _ in per_rank[2]] == [(0, 0), (0, 1)]
+    # Each batch comes with the cursor after it.
+    assert [cursor for cursor, _ in per_rank[2]] == [Cursor(2, 3, 0, 1), Cursor(2, 3, 0, 2)]
     padding = per_rank[2][1][1]
     assert padding.num_images == 0 and padding.real_tokens == 0
     assert padding.patches.shape == batches[0].patches.shape
@@ -61,11 +63,18 @@ def test_folder_ranks_get_equal_counts_with_padding_batches(tmp_path):
 def test_folder_cursor_resumes_and_single_epoch_folder_repeats(tmp_path):
     batches = batches_for(4, seed=2)
     write_epoch(tmp_path, 0, batches)
-    items = list(iter_batches(tmp_path, epoch=0, start_batch=3, end_epoch=3, prefetch=0))
-    assert [cursor for cursor, _ in items] == [(0, 3), (1, 0), (1, 1), (1, 2), (1, 3)] + [
-        (2, k) for k in range(4)
+    items = list(iter_batches(tmp_path, Cursor(0, 1, 0, 3), end_epoch=3, prefetch=0))
+    assert [(c.epoch, c.next_batch) for c, _ in items] == [(0, 4), (1, 1), (1, 2), (1, 3)] + [
+        (1, 4),
+        *((2, k) for k in range(1, 5)),
     ]
+    assert items[0][1].image_ids == batches[3].image_ids
     assert items[1][1].image_ids == batches[0].image_ids  # epoch 1 replays epoch-000
+    # Resuming from a yielded cursor (here the end of epoch 0) continues with the batch
+    # after it: nothing lost or repeated.
+    resumed = list(iter_batches(tmp_path, items[0][0], end_epoch=3, prefetch=0))
+    assert [c for c, _ in resumed] == [c for c, _ in items[1:]]
+    assert [b.image_ids for _, b in resumed] == [b.image_ids for _, b in items[1:]]
 
 
 def test_folder_missing_batch_file_is_an_error(tmp_path):
@@ -73,7 +82,7 @@ def test_folder_missing_batch_file_is_an_error(tmp_path):
     write_epoch(tmp_path, 0, batches)
     (tmp_path / "epoch-000" / "batch-000001.arrow").unlink()
     with pytest.raises(ValueError, match="missing"):
-        next(iter_batches(tmp_path, prefetch=0))
+        next(iter_batches(tmp_path, Cursor(0, 1), prefetch=0))
 
 
 def test_flight_client_reads_rank_stream():
@@ -81,11 +90,12 @@ def test_flight_client_reads_rank_stream():
     server = ListFlightServer(epochs, token="s3cret")
     try:
         location = f"grpc://127.0.0.1:{server.port}"
-        items = list(
-            iter_batches(location, rank=1, world_size=2, start_batch=1, token="s3cret", end_epoch=2)
-        )
+        start = Cursor(rank=1, world_size=2, epoch=0, next_batch=1)
+        items = list(iter_batches(location, start, token="s3cret", end_epoch=2))
         # Rank 1 of 2 over 5 batches: k = 0..2 holds global batches 1, 3 and padding.
-        assert [cursor for cursor, _ in items] == [(0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+        # Each comes with the cursor after it.
+        cursors = [(c.rank, c.world_size, c.epoch, c.next_batch) for c, _ in items]
+        assert cursors == [(1, 2, 0, 2), (1, 2, 0, 3), (1, 2, 1, 1), (1, 2, 1, 2), (1, 2, 1, 3)]
         assert items[0][1].image_ids == epochs[0][3].image_ids
         assert items[1][1].num_images == 0  # j = 5: padding from the server
         assert items[2][1].image_ids == epochs[1][1].image_ids
@@ -96,9 +106,9 @@ def test_flight_client_reads_rank_stream():
             {"rank": 1, "world_size": 2, "epoch": 1, "start_batch": 0},
         ]
         with pytest.raises(flight.FlightUnauthenticatedError):
-            next(iter_batches(location, token="wrong", prefetch=0))
+            next(iter_batches(location, Cursor(0, 1), token="wrong", prefetch=0))
         # Without an epoch limit the stream ends when the service has nothing at batch 0.
-        assert len(list(iter_batches(location, token="s3cret", prefetch=0))) == 10
+        assert len(list(iter_batches(location, Cursor(0, 1), token="s3cret", prefetch=0))) == 10
     finally:
         server.shutdown()
 
