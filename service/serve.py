@@ -1,4 +1,4 @@
-"""`navit serve DATASET`: the packer service in one process.
+"""The packer service in one process (`navit serve DATASET` is its command line).
 
 It runs the Ray pipeline (an embedded local Ray, or `--ray-address` for a cluster), the
 Arrow Flight server (default 127.0.0.1:8815) and the FastAPI control plane under uvicorn
@@ -10,18 +10,12 @@ Arrow Flight server (default 127.0.0.1:8815) and the FastAPI control plane under
     client = pyarrow.flight.connect(handle.flight_location)
     ...
     handle.stop()
-
-Also runnable as `python -m service.serve DATASET ...`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 import uvicorn
 
-from packer.config import ConfigError, PackingConfig
+from packer.config import PackingConfig
 from service.api.main import create_app
 from service.flight import PackedFlightServer
 from service.job import JobOptions, ServiceJob
@@ -234,93 +228,3 @@ def start_service(
         _flight=flight_server,
         _owns_ray=owns_ray,
     )
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from packer.commands import add_config_arguments
-
-    parser.add_argument("dataset", help="image folder, WebDataset tars or Parquet (local or URI)")
-    # Defaults of None leave the value to ServiceSettings (and its NAVIT_* env variables).
-    parser.add_argument("--host", default=None, help="interface of both servers (127.0.0.1)")
-    parser.add_argument("--api-port", type=int, default=None, help="HTTP port (8000; 0: any)")
-    parser.add_argument("--flight-port", type=int, default=None, help="Flight port (8815; 0: any)")
-    parser.add_argument("--ray-address", default=None, help="Ray cluster (default: local Ray)")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
-    parser.add_argument(
-        "--state-dir", type=Path, default=None, help="SQLite state: config history, cursors"
-    )
-    parser.add_argument("--index-cache-dir", type=Path, default=None)
-    parser.add_argument(
-        "--token-file", type=Path, default=None, help="bearer token (or env NAVIT_TOKEN)"
-    )
-    parser.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate")
-    parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key")
-    parser.add_argument(
-        "--max-in-flight", type=int, default=None, help="fill tasks pending per stream (4)"
-    )
-    parser.add_argument("--log-level", default=None, help="info, warning, debug")
-    add_config_arguments(parser)
-
-
-def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
-    values = {
-        "dataset": args.dataset,
-        "host": args.host,
-        "api_port": args.api_port,
-        "flight_port": args.flight_port,
-        "ray_address": args.ray_address,
-        "ray_num_cpus": args.num_cpus,
-        "state_dir": args.state_dir,
-        "index_cache_dir": args.index_cache_dir,
-        "token_file": args.token_file,
-        "tls_cert": args.tls_cert,
-        "tls_key": args.tls_key,
-        "max_in_flight": args.max_in_flight,
-        "log_level": args.log_level,
-        "config_file": getattr(args, "config", None),
-        "config_overrides": list(getattr(args, "overrides", []) or []) or None,
-    }
-    return ServiceSettings(**{k: v for k, v in values.items() if v is not None})
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
-    try:
-        handle = start_service(settings)
-    except ConfigError:
-        raise  # the CLI prints it as an invalid config
-    except (ValueError, OSError) as error:
-        # A missing dataset, a state dir of another dataset, a port in use: say so plainly.
-        print(f"navit serve: {error}", file=sys.stderr)
-        return 2
-    # After start_service: ray.init installs its own SIGTERM handler, which would exit
-    # without stopping the streams and saving the cursors.
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    print(json.dumps({"serving": handle.describe()}), flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        handle.stop()
-    log.info("stopped")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.serve", description=__doc__)
-    add_serve_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_serve(args)
-    except ConfigError as error:
-        print(f"navit serve: invalid config: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """Helpers shared by the tests that run the product's commands as real processes
-(tests/deploy, tests/service/test_pretrain.py): /proc lookups, waiting, and the check
+(tests/deploy, tests/deploy/pretrain/test_supervisor.py): /proc lookups, waiting, and the check
 that trainers resumed from their data cursor."""
 
 from __future__ import annotations

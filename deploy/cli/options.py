@@ -75,3 +75,22 @@ def dataclass_from_args(
         if field.name not in exclude and hasattr(args, field.name)
     }
     return config_type(**values)
+
+
+def dataclass_argv(config: Any, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The flags that parse back into `config` under `add_dataclass_arguments(parser,
+    type(config))`: one per field whose value differs from the dataclass's default.
+
+    For `TrainConfig(source="grpc://h:1", steps=5, lr=2e-3, progress=False)`:
+    `["--source=grpc://h:1", "--steps=5", "--lr=0.002", "--no-progress"]`.
+    """
+    argv = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name in exclude or value == field.default:
+            continue
+        if isinstance(field.default, bool):
+            argv.append(flag_name(field))  # the switch that flips the default
+        elif value is not None:
+            argv.append(f"{flag_name(field)}={value}")
+    return argv

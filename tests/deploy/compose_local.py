@@ -6,7 +6,9 @@ as they are written, with what the containers would provide swapped for local th
 - the service hostnames (`ray-head`, `packer`) pointed at 127.0.0.1, and every port
   the file names replaced by a free one (several Ray nodes share this host);
 - the named volumes' mount points (/data, /state, /ckpt) replaced by temp folders;
-- `python`, `navit`, `ray`, `torchrun` taken from this virtual environment.
+- `python`, `ray`, `torchrun` taken from this virtual environment, and `navit` is
+  `python -m deploy.cli` of this checkout (the installed console script may belong to
+  another checkout of the project).
 
 Every process starts in its own session and with a marker in its environment, which
 its descendants inherit: stopping a service ends all it started, Ray's daemons and
@@ -199,11 +201,25 @@ class LocalCompose:
         )
         return done.returncode == 0
 
+    def tools(self) -> Path:
+        """A folder for PATH holding `navit`: this checkout's `python -m deploy.cli`."""
+        folder = self.root / "bin"
+        navit = folder / "navit"
+        if not navit.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            navit.write_text(
+                "#!/bin/sh\n"
+                f'PYTHONPATH="{REPO}${{PYTHONPATH:+:$PYTHONPATH}}" '
+                f'exec "{sys.executable}" -m deploy.cli "$@"\n'
+            )
+            navit.chmod(0o755)
+        return folder
+
     def environment(self, name: str) -> dict[str, str]:
         service = self.compose["services"][name]
         values = interpolate(service.get("environment", {}), self.env)
         env = {k: self._localize(str(v)) for k, v in values.items()}
-        path = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+        path = os.pathsep.join([str(self.tools()), str(VENV_BIN), os.environ.get("PATH", "")])
         return {**os.environ, **env, "PATH": path, "PYTHONUNBUFFERED": "1"}
 
     def start(

@@ -92,7 +92,7 @@ def test_bad_images_are_counted_with_reasons_and_the_rest_packed(tmp_path):
 
 def test_same_seed_gives_identical_batches_with_one_and_two_ray_cpus(sample, tmp_path):
     _pack(sample, tmp_path / "two")
-    env_cmd = [sys.executable, "-m", "packer.cli", "pack", str(sample), "--out"]
+    env_cmd = [sys.executable, "-m", "deploy.cli", "pack", str(sample), "--out"]
     overrides = [a for s in SETTINGS for a in ("--set", s)]
     subprocess.run(
         [*env_cmd, str(tmp_path / "one"), *overrides, "--num-cpus", "1", "--no-progress", "--json"],

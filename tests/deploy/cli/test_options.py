@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from deploy.cli.options import add_dataclass_arguments, dataclass_from_args
+from deploy.cli.options import add_dataclass_arguments, dataclass_argv, dataclass_from_args
 from trainer.config import TrainConfig
 
 
@@ -46,3 +46,14 @@ def test_missing_or_unknown_values_are_refused(argv, capsys):
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(source="d", steps=5).replace(**{field: value})
+
+
+def test_dataclass_argv_parses_back_into_the_same_config():
+    config = TrainConfig(source="grpc://127.0.0.1:9", steps=7).replace(
+        lr=2e-3, progress=False, resume=True, rank=1, num_classes=4, attn_impl="sdpa"
+    )
+    argv = dataclass_argv(config)
+    assert "--no-progress" in argv and "--resume" in argv and "--lr=0.002" in argv
+    assert not any(a.startswith("--weight-decay") for a in argv)  # defaults stay implicit
+    assert dataclass_from_args(TrainConfig, parse(argv)) == config
+    assert "--rank=1" not in dataclass_argv(config, exclude=("rank",))

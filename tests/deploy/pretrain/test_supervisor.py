@@ -1,6 +1,6 @@
 """`navit pretrain`: the whole local job in one command, and nothing left behind.
 
-The end-to-end tests run the real command (`python -m packer.cli pretrain ...`) on a
+The end-to-end tests run the real command (`python -m deploy.cli pretrain ...`) on a
 40-image data set with a small config, two trainer ranks (DDP over gloo) and a one-CPU
 local Ray, and find the processes it started by the run's marker variable, which every
 descendant inherits (Ray's daemons and workers included).
@@ -8,10 +8,10 @@ descendant inherits (Ray's daemons and workers included).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,71 +21,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.pretrain import (
-    RUN_ENV,
-    MetricsTail,
-    add_pretrain_arguments,
-    smoothed,
-    write_plot,
-)
+from deploy.pretrain.supervisor import READY_FILE, RUN_ENV
 from tests.processes import assert_cursor_continues, cmdline, processes_with_env, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SMALL = ["--set=seq_len=256", "--set=max_res=128", "--set=batch_size=2"]
-
-
-# ---------------------------------------------------------------------------------------
-# Pieces
-
-
-def test_parser_has_the_documented_flags() -> None:
-    parser = argparse.ArgumentParser()
-    add_pretrain_arguments(parser)
-    args = parser.parse_args(["data/sample", "--trainers", "2", "--steps", "5", "--set=a=1"])
-    assert (args.dataset, args.trainers, args.steps, args.model) == ("data/sample", 2, 5, "tiny")
-    assert args.run_dir == Path("runs/pretrain")
-    assert (args.api_port, args.flight_port) == (8000, 8815)  # the documented addresses
-    assert args.overrides == ["a=1"]
-
-
-def test_metrics_tail_reads_new_lines_and_follows_a_rewrite(tmp_path: Path) -> None:
-    path = tmp_path / "metrics.jsonl"
-    tail = MetricsTail(path)
-    assert tail.read() == []
-    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4)]
-    path.write_text("\n".join(lines[:3]) + "\n" + lines[3][:5])  # line 4 being written
-    assert [r["step"] for r in tail.read()] == [1, 2, 3]
-    with open(path, "a") as handle:
-        handle.write(lines[3][5:] + "\n")
-    assert [r["step"] for r in tail.read()] == [4]
-    # A resumed trainer rewrites the file with the lines up to its checkpoint.
-    path.write_text("\n".join(lines[:2]) + "\n")
-    assert [r["step"] for r in tail.read()] == [1, 2]
-    assert sorted(tail.records) == [1, 2]
-    assert tail.latest["step"] == 2
-
-
-def test_smoothed_starts_at_the_first_value() -> None:
-    assert smoothed([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
-    values = smoothed([1.0, 0.0, 0.0, 0.0])
-    assert values[0] == 1.0 and values == sorted(values, reverse=True)
-
-
-def test_plot_is_a_png_of_loss_and_efficiency(tmp_path: Path) -> None:
-    records = {
-        s: {
-            "step": s,
-            "loss": 2.0 / s,
-            "pad_fraction": 0.02 * (s % 3),
-            "config_version": 1 + s // 6,
-        }
-        for s in range(1, 11)
-    }
-    samples = [{"step": s, "efficiency": 0.97} for s in (2, 6, 10)]
-    path = write_plot(tmp_path, records, samples, restart_steps=[5])
-    assert path == tmp_path / "pretrain.png"
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert write_plot(tmp_path / "none", {}, []) is None
 
 
 # ---------------------------------------------------------------------------------------
@@ -112,9 +52,9 @@ class Run:
     def __init__(self, dataset: Path, run_dir: Path, *args: str) -> None:
         self.run_dir = run_dir
         self.output = run_dir.parent / f"{run_dir.name}.out"
-        argv = [sys.executable, "-m", "packer.cli", "pretrain", str(dataset), *args]
+        argv = [sys.executable, "-m", "deploy.cli", "pretrain", str(dataset)]
         argv += ["--run-dir", str(run_dir), "--api-port=0", "--flight-port=0", "--num-cpus=1"]
-        argv += ["--no-progress", *SMALL]
+        argv += ["--no-progress", *SMALL, *args]  # a test's flags last: they win
         with open(self.output, "wb") as out:
             self.process = subprocess.Popen(
                 argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -184,6 +124,10 @@ def test_pretrain_trains_survives_faults_retunes_live_and_cleans_up(
     run.wait_for(lambda: run.events("trainers_started"), "trainers started")
     api = run.events("service_ready")[0]["api"]
     assert f"control plane: {api}" in run.text()
+    # The service said it was ready through its ready file, naming itself.
+    ready = json.loads((run.run_dir / READY_FILE).read_text())
+    assert ready["pid"] == run.events("service_started")[0]["pid"]
+    assert ready["api"] == api
     # Live retuning while it trains: the change applies from the next unplanned window.
     run.wait_for(lambda: run.metrics(), "training")
     response = httpx.patch(f"{api}/config", json={"pack_window": 16}, timeout=10)
@@ -221,6 +165,29 @@ def test_pretrain_trains_survives_faults_retunes_live_and_cleans_up(
     assert {r["rank"] for r in stats["ranks"] if r["world_size"] == 2} == {0, 1}
     assert (run.run_dir / "pretrain.png").read_bytes()[:4] == b"\x89PNG"
     assert "finished after" in run.text() and "packing efficiency" in run.text()
+    assert not (run.run_dir / READY_FILE).exists()  # the stopped service removed it
+    assert_nothing_left(run)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_a_service_that_dies_before_ready_fails_the_run_with_its_log(
+    dataset: Path, tmp_path: Path, runs: list[Run]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = Run(dataset, tmp_path / "run", "--steps=5", f"--api-port={port}")
+        runs.append(run)
+        code = run.wait(120)
+    assert code == 1, run.text()
+    text = run.text()
+    assert "the service exited (2):" in text
+    assert "address already in use" in text.lower()  # the tail of the service's log
+    assert "a port is taken" in text
+    assert not run.events("service_ready") and not run.events("trainers_started")
+    assert not (run.run_dir / READY_FILE).exists()
     assert_nothing_left(run)
 
 
@@ -236,8 +203,8 @@ def test_a_signal_stops_every_process_it_started(
     runs.append(run)
     run.wait_for(lambda: run.metrics(), "training")
     started = run_processes(run.run_id)
-    assert any("packer.cli serve" in cmdline(p) for p in started)
-    assert sum("packer.cli train" in cmdline(p) for p in started) == 2
+    assert any("deploy.cli serve" in cmdline(p) for p in started)
+    assert sum("deploy.cli train" in cmdline(p) for p in started) == 2
     assert any("raylet" in cmdline(p) for p in started)  # Ray's daemons carry the marker too
 
     os.kill(run.process.pid, signum)  # what Ctrl-C, `kill` or `kill -9` send

@@ -1,4 +1,8 @@
-"""The packer's own CLI commands: sample-data, simulate, pack. Wired by packer.cli."""
+"""`navit sample-data`, `navit simulate`, `navit pack`: the packer's own commands.
+
+`add_config_arguments`/`config_from_args` (the packing config from `--config FILE` and
+repeated `--set KEY=VALUE`) also serve `navit serve` and `navit pretrain`.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,7 @@
+"""`python -m deploy.cli ...` is `navit ...`."""
+
+import sys
+
+from deploy.cli import main
+
+sys.exit(main())

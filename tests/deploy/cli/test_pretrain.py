@@ -1,0 +1,90 @@
+"""`navit pretrain`'s flags: its own, and the trainer's derived from TrainConfig with
+pretrain's declared defaults."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from deploy.cli import main
+from deploy.cli.pretrain import add_arguments, options_from_args
+from deploy.pretrain.options import SUPERVISED_FIELDS, TRAINER_DEFAULTS, PretrainOptions
+from trainer.config import TrainConfig
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_parser_has_the_documented_flags() -> None:
+    args = parse("data/sample", "--trainers", "2", "--steps", "5", "--set=a=1")
+    assert (args.dataset, args.trainers, args.steps, args.model) == ("data/sample", 2, 5, "tiny")
+    assert args.run_dir == Path("runs/pretrain")
+    assert (args.api_port, args.flight_port) == (8000, 8815)  # the documented addresses
+    assert args.overrides == ["a=1"]
+
+
+def test_every_train_config_field_but_the_supervised_ones_is_a_flag() -> None:
+    args = vars(parse("d"))
+    trainer_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert trainer_fields - set(SUPERVISED_FIELDS) <= set(args)
+    # The supervised ones are pretrain's own flags (resume) or set per rank (source, ...).
+    assert not {"source", "ckpt_dir", "rank", "world_size", "token_file"} & set(args)
+
+
+def test_trainers_get_pretrains_defaults_and_train_configs_for_the_rest() -> None:
+    config = options_from_args(parse("d")).trainer_config("grpc://127.0.0.1:1")
+    defaults = TrainConfig(source="x", steps=1)
+    assert (config.steps, config.lr, config.ckpt_every) == (300, 2e-3, 50)
+    assert config.warmup_steps == 30  # a tenth of the steps
+    assert (config.weight_decay, config.grad_clip, config.model) == (
+        defaults.weight_decay,
+        defaults.grad_clip,
+        defaults.model,
+    )
+    assert (config.progress, config.world_size) == (False, 1)
+    assert set(TRAINER_DEFAULTS) == {"steps", "lr", "ckpt_every", "warmup_steps"}
+
+
+def test_given_trainer_flags_reach_every_rank() -> None:
+    options = options_from_args(parse("d", "--trainers=2", "--steps=7", "--lr=0.01", "--seed=3"))
+    config = options.trainer_config("grpc://127.0.0.1:1", num_classes=4)
+    assert (config.steps, config.lr, config.seed, config.warmup_steps) == (7, 0.01, 3, 1)
+    assert (config.world_size, config.num_classes, config.ckpt_dir) == (2, 4, "runs/pretrain")
+
+
+def test_help_shows_pretrains_own_trainer_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "pretrain's own defaults: --steps 300, --lr 0.002, --ckpt-every 50" in text
+    assert "--warmup-steps a tenth of --steps" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["--steps", "0"], "steps"),
+        (["--lr", "nan"], "lr"),
+        (["--trainers", "0"], "trainers"),
+        (["--api-port", "70000"], "api_port"),
+    ],
+)
+def test_a_bad_value_exits_2_with_one_line_naming_it(
+    argv: list[str], field: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["pretrain", "data/sample", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"navit: invalid config: {field}:")
+
+
+def test_options_refuse_a_setting_the_supervisor_owns() -> None:
+    with pytest.raises(ValueError, match="rank: not a trainer setting"):
+        PretrainOptions("d", training={"rank": 1})
+    with pytest.raises(ValueError, match="bogus: not a trainer setting"):
+        PretrainOptions("d", training={"bogus": 1})

@@ -1,0 +1,57 @@
+"""What the supervisor reads and shows: metrics.jsonl incrementally, the EMA, the line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deploy.pretrain.progress import MetricsTail, run_status, smoothed, status_fields
+
+
+def test_metrics_tail_reads_new_lines_and_follows_a_rewrite(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(path)
+    assert tail.read() == []
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4)]
+    path.write_text("\n".join(lines[:3]) + "\n" + lines[3][:5])  # line 4 being written
+    assert [r["step"] for r in tail.read()] == [1, 2, 3]
+    with open(path, "a") as handle:
+        handle.write(lines[3][5:] + "\n")
+    assert [r["step"] for r in tail.read()] == [4]
+    # A resumed trainer rewrites the file with the lines up to its checkpoint.
+    path.write_text("\n".join(lines[:2]) + "\n")
+    assert [r["step"] for r in tail.read()] == [1, 2]
+    assert sorted(tail.records) == [1, 2]
+    assert tail.latest["step"] == 2
+
+
+def test_smoothed_starts_at_the_first_value() -> None:
+    assert smoothed([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    values = smoothed([1.0, 0.0, 0.0, 0.0])
+    assert values[0] == 1.0 and values == sorted(values, reverse=True)
+
+
+def _stats(images: int, version: int) -> dict:
+    return {
+        "efficiency": 0.964,
+        "config_version": version,
+        "throughput": {"last_minute": {"images_per_s": 310.4}, "run": {"images": images}},
+    }
+
+
+def test_the_line_shows_the_mean_of_recent_steps_and_the_services_rates() -> None:
+    records = [{"step": s, "loss": 10.0 if s <= 5 else 1.0, "accuracy": 0.5} for s in range(1, 26)]
+    status = run_status(records, _stats(images=120, version=1))
+    assert status["step"] == 25
+    assert status["loss"] == pytest.approx(1.0)  # the last 20 steps only
+    assert status_fields(status) == ["loss 1.000", "acc 0.50", "310 img/s", "packing 96.4%"]
+    assert status_fields(run_status(records, _stats(images=120, version=3)))[-1] == "config v3"
+
+
+def test_the_line_says_it_waits_until_the_first_batches_arrive() -> None:
+    assert status_fields(run_status([], None)) == ["waiting for the first batches"]
+    assert status_fields(run_status([], _stats(images=0, version=1))) == [
+        "waiting for the first batches"
+    ]
