@@ -25,5 +25,7 @@ else
   rendezvous="--standalone"
 fi
 gpus="${NAVIT_GPUS:-$(python -c 'import torch; print(max(1, torch.cuda.device_count()))')}"
-# shellcheck disable=SC2086 # $rendezvous is a list of flags
-exec torchrun $rendezvous --nproc-per-node="$gpus" -m trainer.train "$@"
+# NAVIT_TRAIN_MODULE: set by deploy/trainer.Dockerfile next to the code it copies; it
+# may be a module and a subcommand ("deploy.cli train"), hence unquoted.
+# shellcheck disable=SC2086 # $rendezvous and $NAVIT_TRAIN_MODULE are lists of words
+exec torchrun $rendezvous --nproc-per-node="$gpus" -m ${NAVIT_TRAIN_MODULE:-trainer.train} "$@"

@@ -2,8 +2,18 @@
 # Ray and no service code (the trainer imports nothing else: trainer/ and packer/schema.py).
 #   docker build -f deploy/trainer.Dockerfile -t navit-pack-trainer .
 # Needs the NVIDIA driver and container toolkit on the host; the CUDA runtime libraries
-# come with the torch wheel.
-FROM python:3.11-slim
+# come with the torch wheel. A trainer on CPU (as `make compose-test` runs it):
+#   docker build -f deploy/trainer.Dockerfile --build-arg TORCH_CUDA=cpu -t navit-pack-trainer .
+#
+# Build args (defaults: a machine with Docker Hub and PyPI; deploy/README.md has the
+# recipe for a machine without a registry):
+#   BASE_IMAGE       a Python 3.11 image with `python` and `pip` on PATH (Debian based:
+#                    the next layer installs gcc with apt)
+#   TORCH_CUDA       the build of PyTorch's wheel index: cu126, cu128, ... or cpu
+#   TORCH_INDEX_URL  where pip finds torch (PyTorch's index for TORCH_CUDA)
+#   PIP_FIND_LINKS   extra wheel folders or pages pip also looks in
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -17,19 +27,25 @@ RUN apt-get update \
 ARG TORCH_VERSION=2.13.0
 # The CUDA build of the wheel index (cu126, cu128, ...): match it to the hosts' driver.
 ARG TORCH_CUDA=cu128
-RUN pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" \
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_CUDA}
+ARG PIP_FIND_LINKS=
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
     && pip install "pyarrow>=16" "numpy>=1.26" "tqdm>=4.66"
 
 WORKDIR /app
 ENV PYTHONPATH=/app
+RUN useradd --create-home --uid 1000 navit \
+    && mkdir -p /ckpt \
+    && chown navit:navit /ckpt
+
+# ---- The trainer's code and the module its ranks run: the only lines that change when
+# ---- the code moves (deploy/train.sh runs `torchrun ... -m $NAVIT_TRAIN_MODULE ARGS`).
 COPY packer/__init__.py packer/schema.py packer/
 COPY trainer trainer
 COPY deploy/train.sh deploy/train.sh
-
-RUN useradd --create-home --uid 1000 navit \
-    && mkdir -p /ckpt \
-    && chown navit:navit /ckpt \
-    && python -c "import trainer.train"
+ENV NAVIT_TRAIN_MODULE=trainer.train
+RUN python -c "import trainer.train"
+# ---- end of the trainer's code
 USER navit
 
 CMD ["sh", "deploy/train.sh", "--help"]

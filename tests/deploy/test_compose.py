@@ -89,7 +89,11 @@ def test_services_have_health_checks_restart_policies_and_volumes() -> None:
         assert "restart" in service, name
         if name != "data-init":  # a one-off job has no health to check
             assert service["healthcheck"]["test"][0] == "CMD", name
-    assert services["trainer"]["restart"] == "on-failure"  # a finished run stays finished
+    # A finished run stays finished; a crash or a bad config retries a bounded number of
+    # times, then the container stays down with its exit code and log.
+    assert services["trainer"]["restart"] == "on-failure:5"
+    for name in SERVICES - {"data-init"}:
+        assert re.fullmatch(r"on-failure:\d+", services[name]["restart"]), name
     declared = set(compose["volumes"])
     used = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
     assert used == declared == {"navit-data", "navit-state", "navit-ckpt"}
@@ -107,7 +111,10 @@ def test_services_have_health_checks_restart_policies_and_volumes() -> None:
 
 
 def test_trainer_reserves_gpus_in_a_form_every_compose_accepts() -> None:
-    trainer = load_compose()["services"]["trainer"]
+    # In the GPU override: compose cannot take a reservation back out, and without it
+    # the same stack runs on a machine with no GPU (the trainer on CPU).
+    assert "deploy" not in load_compose()["services"]["trainer"]
+    trainer = load_compose(DEPLOY / "compose.gpu.yml")["services"]["trainer"]
     (device,) = trainer["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia"
     assert device["capabilities"] == ["gpu"]
