@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -30,8 +31,8 @@ if "NAVIT_COMPOSE_OUT" not in os.environ:
 
 OUT = Path(os.environ["NAVIT_COMPOSE_OUT"])
 PROJECT = os.environ["NAVIT_COMPOSE_PROJECT"]
-API = "http://127.0.0.1:18000"  # deploy/compose.host.yml
-FLIGHT = "grpc://127.0.0.1:18815"
+API = "http://127.0.0.1:28000"  # deploy/compose.host.yml
+FLIGHT = "grpc://127.0.0.1:28815"
 IMAGES = 400
 STEPS = 80
 CKPT_EVERY = 10
@@ -126,12 +127,13 @@ def wait(condition: Callable[[], object], what: str, stack: Stack, service: str,
 def stack() -> Iterator[Stack]:
     stack = Stack()
     stack.compose("down", "-v", "--remove-orphans")  # a stack a killed run left behind
-    started = time.monotonic()
-    stack.compose("up", "-d", "--no-build", "--scale", "ray-worker=2", timeout=600)
-    stack.up_at = started
-    yield stack
-    (OUT / "figures.json").write_text(json.dumps(FIGURES, indent=2) + "\n")
-    stack.compose("down", "-v", "--remove-orphans")
+    try:
+        stack.up_at = time.monotonic()
+        stack.compose("up", "-d", "--no-build", "--scale", "ray-worker=2", timeout=600)
+        yield stack
+    finally:
+        (OUT / "figures.json").write_text(json.dumps(FIGURES, indent=2) + "\n")
+        stack.compose("down", "-v", "--remove-orphans")
 
 
 def stream_epoch(epoch: int, on_batch: Callable[[int], None] = lambda n: None) -> list[str]:
@@ -172,6 +174,28 @@ def test_every_service_becomes_healthy(stack: Stack) -> None:
     assert len(stack.containers("ray-worker")) == 2
     (data_init,) = stack.containers("data-init")
     assert state(data_init)["ExitCode"] == 0
+
+
+def test_nothing_the_stack_runs_listens_beyond_loopback(stack: Stack) -> None:
+    wait(stack.metrics, "training", stack, "trainer", timeout=600)  # every service is up
+    pids = set()
+    for container in docker(
+        "ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"
+    ).split():
+        pids |= set(docker("top", container, "-eo", "pid").split()[1:])
+    listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    ours = [
+        line.split()
+        for line in listening.splitlines()
+        if set(re.findall(r"pid=(\d+)", line)) & pids
+    ]
+    assert ours, "the stack's servers should show in ss"
+    beyond = [
+        words[3]
+        for words in ours
+        if not re.match(r"(127\.0\.0\.1|\[::ffff:127\.0\.0\.1\]|\[::1\]):", words[3])
+    ]
+    assert not beyond, beyond
 
 
 def test_trainer_resumes_at_its_checkpoint_cursor_after_compose_restart(stack: Stack) -> None:
