@@ -165,6 +165,7 @@ build "$TRAINER_IMAGE" deploy/trainer.Dockerfile --build-arg TORCH_CUDA=cpu
 cat "$OUT/build.jsonl"
 
 # --- 5. the stack ------------------------------------------------------------------------
+# PYTHONPATH: this checkout's code, whichever checkout the venv's editable install names.
 NAVIT_CPU_IMAGE="$CPU_IMAGE" NAVIT_TRAINER_IMAGE="$TRAINER_IMAGE" NAVIT_COMPOSE_OUT="$OUT" \
-  NAVIT_COMPOSE_PROJECT="$PROJECT" NAVIT_DOCKER_ROOT="$DATA_ROOT" \
+  NAVIT_COMPOSE_PROJECT="$PROJECT" PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" \
   "$PYTHON" -m pytest -p no:cacheprovider -q -x "$REPO/tests/deploy/engine_stack.py"

@@ -34,8 +34,8 @@ PROJECT = os.environ["NAVIT_COMPOSE_PROJECT"]
 API = "http://127.0.0.1:28000"  # deploy/compose.host.yml
 FLIGHT = "grpc://127.0.0.1:28815"
 IMAGES = 400
-STEPS = 80
-CKPT_EVERY = 10
+STEPS = 600
+CKPT_EVERY = 50
 KNOBS = {
     "NAVIT_CPU_IMAGE": os.environ["NAVIT_CPU_IMAGE"],
     "NAVIT_TRAINER_IMAGE": os.environ["NAVIT_TRAINER_IMAGE"],
@@ -202,32 +202,36 @@ def test_trainer_resumes_at_its_checkpoint_cursor_after_compose_restart(stack: S
     first = wait(stack.metrics, "training", stack, "trainer", timeout=600)[0]
     FIGURES["up_to_first_step_s"] = round(time.monotonic() - stack.up_at, 1)
     assert first["step"] == 1
-    wait(lambda: len(stack.metrics()) >= 2 * CKPT_EVERY, "at step 20", stack, "trainer")
-    kept = len(stack.metrics())
+    wait(lambda: len(stack.metrics()) >= 2 * CKPT_EVERY, "past 2 checkpoints", stack, "trainer")
+    before = stack.metrics()
     stack.compose("restart", "trainer")
     (trainer,) = stack.containers("trainer")
-    # A resumed run keeps metrics.jsonl up to its checkpoint (a fresh one would empty it
-    # and count from step 1), and deploy/train.sh gave its ranks --resume.
     resumed_args = []
-    lowest = kept
     while state(trainer)["Running"]:
-        lowest = min(lowest, len(stack.metrics()))
         top = subprocess.run(["docker", "top", trainer, "-eo", "args"], capture_output=True)
         resumed_args += [line for line in top.stdout.decode().splitlines() if "--resume" in line]
         time.sleep(0.2)
     assert state(trainer)["ExitCode"] == 0, stack.logs("trainer")
+    # deploy/train.sh found the checkpoint and gave the trainer --resume.
     assert any("-m trainer.train" in a or "deploy.cli" in a for a in resumed_args), resumed_args
-    assert lowest >= kept - CKPT_EVERY, (lowest, kept)
-    metrics = [r for r in stack.metrics() if "loss" in r]
+    after = stack.metrics()
+    # A resumed run keeps the lines up to its checkpoint as they were, timings included
+    # (a fresh run would have computed them again), and continues from its cursor.
+    same = next(
+        (i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), len(before)
+    )
+    assert same >= CKPT_EVERY and same % CKPT_EVERY == 0, same
+    metrics = [r for r in after if "loss" in r]
     assert [r["step"] for r in metrics] == list(range(1, STEPS + 1))
     assert_cursor_continues(metrics)
+    FIGURES["resumed_from_step"] = same
 
 
 def test_trainer_trains_from_the_stream_and_its_loss_falls(stack: Stack) -> None:
     losses = [r["loss"] for r in stack.metrics() if "loss" in r]
     assert len(losses) >= 50
-    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    FIGURES["loss_first_10"], FIGURES["loss_last_10"] = round(first, 3), round(last, 3)
+    first, last = sum(losses[:50]) / 50, sum(losses[-50:]) / 50
+    FIGURES["loss_first_50_steps"], FIGURES["loss_last_50_steps"] = round(first, 3), round(last, 3)
     assert last < first, (first, last)
 
 
