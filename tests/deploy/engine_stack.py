@@ -204,11 +204,14 @@ def test_trainer_resumes_at_its_checkpoint_cursor_after_compose_restart(stack: S
     assert first["step"] == 1
     wait(lambda: len(stack.metrics()) >= 2 * CKPT_EVERY, "past 2 checkpoints", stack, "trainer")
     before = stack.metrics()
+    restart_started = time.monotonic()
     stack.compose("restart", "trainer")
+    # SIGTERM ends it, no 10 s wait for SIGKILL (`init: true` in docker-compose.yml).
+    FIGURES["trainer_restart_s"] = round(time.monotonic() - restart_started, 1)
     (trainer,) = stack.containers("trainer")
     resumed_args = []
     while state(trainer)["Running"]:
-        top = subprocess.run(["docker", "top", trainer, "-eo", "args"], capture_output=True)
+        top = subprocess.run(["docker", "top", trainer, "-eo", "pid,args"], capture_output=True)
         resumed_args += [line for line in top.stdout.decode().splitlines() if "--resume" in line]
         time.sleep(0.2)
     assert state(trainer)["ExitCode"] == 0, stack.logs("trainer")
