@@ -137,7 +137,16 @@ build_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
 find_links="$(pip_setting find-links)"
 if [ -n "$find_links" ] && [ -d "$find_links" ]; then
   # The torch wheel lies in this folder (the PyTorch index is not reachable here).
-  port="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  # A fixed port where free: the URL is a build arg, and a changed one rebuilds the
+  # torch layer instead of taking it from the layer cache.
+  port="$("$PYTHON" -c '
+import socket
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", 28701))
+except OSError:
+    s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')"
   "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$find_links" "$port" \
     >"$OUT/wheel-server.log" 2>&1 &
   wheel_server=$!
