@@ -107,7 +107,15 @@ now_ms() { echo $(($(date +%s%N) / 1000000)); }
 seconds_since() { awk -v ms="$(($(now_ms) - $1))" 'BEGIN { printf "%.1f", ms / 1000 }'; }
 image_mb() { docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f", $1 / 1e6}'; }
 
+: >"$OUT/build.jsonl"
+record() { # record STEP START_MS [IMAGE]: one line of $OUT/build.jsonl
+  local size="null"
+  [ -z "${3:-}" ] || size="$(image_mb "$3")"
+  printf '{"step": "%s", "seconds": %s, "size_mb": %s}\n' "$1" "$(seconds_since "$2")" "$size" \
+    >>"$OUT/build.jsonl"
+}
 if ! docker image inspect "$DEBIAN_IMAGE" >/dev/null 2>&1; then
+  start="$(now_ms)"
   mirror="$(debian_mirror)"
   mirror="${mirror:-http://deb.debian.org/debian}"
   log "debootstrap bookworm from $mirror"
@@ -116,6 +124,7 @@ if ! docker image inspect "$DEBIAN_IMAGE" >/dev/null 2>&1; then
     { tail -n 20 "$OUT/debootstrap.log"; rm -rf "$rootfs"; exit 1; }
   tar -C "$rootfs" -c . | docker import - "$DEBIAN_IMAGE" >/dev/null
   rm -rf "$rootfs"
+  record "debootstrap and import $DEBIAN_IMAGE" "$start" "$DEBIAN_IMAGE"
 fi
 
 # The machine layer is tagged by what goes into it, so a changed CA bundle or Dockerfile
@@ -127,8 +136,10 @@ base_hash="$(cat "$REPO/tests/deploy/local-base.Dockerfile" "$context/ca-bundle.
 BASE_IMAGE="local/navit-python:3.11-$base_hash"
 if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   log "building the machine layer $BASE_IMAGE"
+  start="$(now_ms)"
   docker build --network host -q --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" \
     -f "$REPO/tests/deploy/local-base.Dockerfile" -t "$BASE_IMAGE" "$context" >/dev/null
+  record "machine layer $BASE_IMAGE" "$start" "$BASE_IMAGE"
 fi
 rm -rf "$context"
 
@@ -162,12 +173,9 @@ build() { # build IMAGE DOCKERFILE [ARGS]: records seconds and size in $OUT/buil
   docker build --network host "${build_args[@]}" "$@" -f "$REPO/$dockerfile" -t "$image" \
     "$REPO" >"$OUT/build-${image%%:*}.log" 2>&1 ||
     { tail -n 30 "$OUT/build-${image%%:*}.log"; exit 1; }
-  # cached_steps: build steps the layer cache answered (0 on a machine with no cache).
-  printf '{"image": "%s", "dockerfile": "%s", "seconds": %s, "size_mb": %s, "cached_steps": %s}\n' \
-    "$image" "$dockerfile" "$(seconds_since "$start")" "$(image_mb "$image")" \
-    "$(grep -c 'Using cache' "$OUT/build-${image%%:*}.log" || true)" >>"$OUT/build.jsonl"
+  record "$dockerfile ($(grep -c 'Using cache' "$OUT/build-${image%%:*}.log" || true) steps cached)" \
+    "$start" "$image"
 }
-: >"$OUT/build.jsonl"
 build "$CPU_IMAGE" deploy/cpu.Dockerfile
 build "$TRAINER_IMAGE" deploy/trainer.Dockerfile --build-arg TORCH_CUDA=cpu
 [ -z "$wheel_server" ] || { kill "$wheel_server"; wheel_server=""; }
@@ -178,3 +186,5 @@ cat "$OUT/build.jsonl"
 NAVIT_CPU_IMAGE="$CPU_IMAGE" NAVIT_TRAINER_IMAGE="$TRAINER_IMAGE" NAVIT_COMPOSE_OUT="$OUT" \
   NAVIT_COMPOSE_PROJECT="$PROJECT" PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" \
   "$PYTHON" -m pytest -p no:cacheprovider -q -x "$REPO/tests/deploy/engine_stack.py"
+cat "$OUT/figures.json"
+log "passed in ${SECONDS} s"
