@@ -7,7 +7,7 @@ SAMPLE := data/sample
 SAMPLE_IMAGES ?= 400
 STEPS ?= 300
 
-.PHONY: venv test pretrain bench lint format test-tools clean
+.PHONY: venv test compose-test pretrain bench lint format test-tools clean
 
 # torch is pinned and installed first: a bare `torch` requirement with no torch
 # installed would pull several GB of CUDA packages.
@@ -35,6 +35,15 @@ test-tools:
 
 test: venv test-tools
 	$(BIN)/python -m pytest -q
+
+# docker-compose.yml on a real Docker engine (needs root; starts an engine when none
+# runs and stops only that one; installs docker.io, debootstrap and docker-compose with
+# apt when missing; skips, saying why, where no engine can be had). Builds the base
+# images locally (no registry needed) and the project's two images, then runs the stack
+# with deploy/compose.host.yml: tests/deploy/compose_engine.sh, figures in
+# runs/compose-test/figures.json.
+compose-test: venv
+	bash tests/deploy/compose_engine.sh $(abspath $(BIN)/python)
 
 $(SAMPLE): | venv
 	$(BIN)/navit sample-data $(SAMPLE) --images $(SAMPLE_IMAGES) --seed 0

@@ -3,7 +3,7 @@
     navit train --source runs/packed --model tiny --steps 200 --ckpt runs/tiny
     navit train --source grpc://packer:8815 --model b16 --steps 100000 \\
         --ckpt /ckpt/b16 --token-file /secrets/token --compile            # one GPU
-    torchrun --nproc-per-node 8 -m deploy.cli.train --source grpc://packer:8815 ...  # DDP
+    torchrun --nproc-per-node 8 ... train --source grpc://packer:8815 ...  # DDP: deploy/train.sh
 
 One batch is one optimizer step. AdamW with linear warmup then cosine decay to zero over
 `steps`, gradient clipping, bf16 autocast on CUDA, optional torch.compile, DDP when the

@@ -34,6 +34,8 @@ from tests.deploy.compose_local import (
 from tests.processes import assert_cursor_continues, cmdline, wait_for
 
 DEPLOY = REPO / "deploy"
+# What a plain `docker-compose up` reads after docker-compose.yml: published ports, GPUs.
+DEFAULT_OVERRIDE = REPO / "docker-compose.override.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 SERVICES = {"ray-head", "ray-worker", "data-init", "packer", "trainer"}
 
@@ -68,7 +70,8 @@ def test_docker_compose_config_validates(tmp_path: Path, env_file: str) -> None:
     env_path = ENV_EXAMPLE if env_file == ".env.example" else tmp_path / "empty.env"
     if env_file == "none":
         env_path.write_text("")
-    base = [binary, "-f", str(COMPOSE_FILE), "--env-file", str(env_path)]
+    files = ["-f", str(COMPOSE_FILE), "-f", str(DEFAULT_OVERRIDE)]
+    base = [binary, *files, "--env-file", str(env_path)]
     clean_env = {"PATH": "/usr/bin:/bin"}  # no NAVIT_*/RAY_* of the developer's shell
     done = subprocess.run(
         [*base, "config", "-q"], capture_output=True, text=True, env=clean_env, cwd=REPO
@@ -89,25 +92,35 @@ def test_services_have_health_checks_restart_policies_and_volumes() -> None:
         assert "restart" in service, name
         if name != "data-init":  # a one-off job has no health to check
             assert service["healthcheck"]["test"][0] == "CMD", name
-    assert services["trainer"]["restart"] == "on-failure"  # a finished run stays finished
+    # A finished run stays finished; a crash or a bad config retries a bounded number of
+    # times, then the container stays down with its exit code and log.
+    assert services["trainer"]["restart"] == "on-failure:5"
+    for name in SERVICES - {"data-init"}:
+        assert re.fullmatch(r"on-failure:\d+", services[name]["restart"]), name
     declared = set(compose["volumes"])
     used = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
     assert used == declared == {"navit-data", "navit-state", "navit-ckpt"}
     # Every Ray node reads images from the same data set as the packer.
     for name in ("ray-head", "ray-worker", "packer"):
         assert "navit-data:/data" in services[name]["volumes"]
-    # --scale ray-worker=N needs no fixed name and no host port.
+    # --scale ray-worker=N needs no fixed name and no host port. Published ports are the
+    # default layout's (host networking cannot have them): docker-compose.override.yml.
     assert "container_name" not in services["ray-worker"]
-    assert "ports" not in services["ray-worker"]
-    assert any(p.endswith(":8265") for p in services["ray-head"]["ports"])
-    assert {p.rsplit(":", 1)[1] for p in services["packer"]["ports"]} == {"8000", "8815"}
+    assert not [name for name, service in services.items() if "ports" in service]
+    published = load_compose(DEFAULT_OVERRIDE)["services"]
+    assert set(published) == {"ray-head", "packer", "trainer"}
+    assert [p.rsplit(":", 1)[1] for p in published["ray-head"]["ports"]] == ["8265"]
+    assert {p.rsplit(":", 1)[1] for p in published["packer"]["ports"]} == {"8000", "8815"}
     assert "--ray-address" not in " ".join(services["packer"]["command"])  # packer.sh adds it
     assert "ray-head:6379" in services["packer"]["command"]
     assert "--source=grpc://packer:8815" in services["trainer"]["command"]
 
 
 def test_trainer_reserves_gpus_in_a_form_every_compose_accepts() -> None:
-    trainer = load_compose()["services"]["trainer"]
+    # In the default override: compose cannot take a reservation back out of a file, and
+    # without it the stack runs on a machine with no GPU (deploy/compose.host.yml).
+    assert "deploy" not in load_compose()["services"]["trainer"]
+    trainer = load_compose(DEFAULT_OVERRIDE)["services"]["trainer"]
     (device,) = trainer["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia"
     assert device["capabilities"] == ["gpu"]
@@ -117,11 +130,12 @@ def test_trainer_reserves_gpus_in_a_form_every_compose_accepts() -> None:
 
 
 def test_env_example_lists_exactly_the_compose_knobs() -> None:
-    used = variables(COMPOSE_FILE.read_text())
+    text = COMPOSE_FILE.read_text() + DEFAULT_OVERRIDE.read_text()
+    used = variables(text)
     listed = set(env_example())
     assert used == listed, {"not in .env.example": used - listed, "unused": listed - used}
     # Each use has a default (`${VAR:-...}`), so no .env is needed.
-    for match in re.finditer(r"\$\{([^}]*)\}", COMPOSE_FILE.read_text()):
+    for match in re.finditer(r"\$\{([^}]*)\}", text):
         assert ":-" in match.group(1), match.group(0)
 
 
@@ -165,8 +179,11 @@ def test_dockerfiles_copy_what_their_services_need() -> None:
     }
     assert trainer_sources == {
         "packer/__init__.py",
-        "packer/contract/schema.py",
+        "packer/contract",
         "trainer",
+        "deploy/__init__.py",
+        "deploy/cli/options.py",
+        "deploy/cli/train.py",
         "deploy/train.sh",
     }
 
@@ -313,7 +330,7 @@ def test_compose_services_run_as_local_processes(stack: LocalCompose) -> None:
         time.sleep(0.1)
     assert rerun.process.wait(10) == 0, rerun.log()[-3000:]
     # deploy/train.sh found the checkpoint and resumed (torchrun's rank got --resume).
-    assert any("trainer.train" in c and "--resume" in c for c in command_lines), command_lines
+    assert any("deploy.cli.train" in c and "--resume" in c for c in command_lines), command_lines
     metrics = [r for r in read_metrics(ckpt / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in metrics] == list(range(1, 31))
     assert_cursor_continues(metrics)
