@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx
 import pyarrow.flight as flight
 import pytest
-from tests.deploy.compose_local import REPO
-from tests.processes import assert_cursor_continues
 
 from packer.contract.schema import from_record_batch
+from tests.deploy.compose_local import REPO
+from tests.processes import assert_cursor_continues
 
 if "NAVIT_COMPOSE_OUT" not in os.environ:
     pytest.skip("run by `make compose-test`", allow_module_level=True)

@@ -8,6 +8,7 @@ import subprocess
 from typing import Any
 
 import pytest
+
 from tests.deploy.compose_local import COMPOSE_FILE, REPO, load_compose
 
 HOST_FILE = REPO / "deploy/compose.host.yml"
