@@ -178,7 +178,7 @@ def start_service(
     token = settings.bearer_token()
     config = config if config is not None else config_from_settings(settings)
 
-    app = create_app(None, token)
+    app = create_app(None, token, max_body_bytes=settings.max_body_bytes)
     api = _ApiServer(app, settings)
     api.start()
     owns_ray = False
