@@ -241,3 +241,60 @@ def test_corrupt_images_are_counted_as_rejected_never_lost(start, tmp_path, inde
     assert sum(rejected.values()) == 2, rejected
     assert len(delivered) + 2 == index.num_rows == 18
     assert stats["rejected_by_reason"] == rejected
+
+
+def _one_line_reason(call) -> str:
+    """The message of the Flight error `call()` raises; it must be one line, with no
+    Python traceback and no server path."""
+    with pytest.raises(flight.FlightError) as raised:
+        call()
+    message = str(raised.value)
+    assert "\n" not in message, message
+    assert "Traceback" not in message and "/work/" not in message, message
+    assert ".py" not in message, message
+    return message
+
+
+def test_every_client_caused_failure_is_a_one_line_flight_error():
+    source = ReplaySource([to_record_batch(PackedBatch.empty(1, 128, 16))], batches_per_epoch=4)
+    server = PackedFlightServer(source, "127.0.0.1", 0)
+    client = connect(f"grpc+tcp://127.0.0.1:{server.port}")
+    anywhere = flight.FlightDescriptor.for_path("anything")
+    record_batch = source.batches[0]
+    try:
+        deep = b"[" * 100_000
+        digits = b'{"rank": 0, "world_size": 1, "epoch": ' + b"7" * 5000 + b"}"
+        many = b'{"rank": 0, "world_size": 1, "epoch": ' + b"7" * 900 + b"}"
+        for raw in (deep, digits, many, b"[" * 1000 + b"]" * 1000):
+            reason = _one_line_reason(lambda raw=raw: client.do_get(flight.Ticket(raw)).read_all())
+            assert "bad ticket" in reason
+            command = flight.FlightDescriptor.for_command(raw)
+            assert "bad ticket" in _one_line_reason(lambda c=command: client.get_flight_info(c))
+
+        def put() -> None:
+            writer, _ = client.do_put(anywhere, record_batch.schema)
+            writer.write_batch(record_batch)
+            writer.close()
+
+        def exchange() -> None:
+            writer, reader = client.do_exchange(anywhere)
+            writer.begin(record_batch.schema)
+            writer.write_batch(record_batch)
+            writer.done_writing()
+            reader.read_all()
+
+        for call in (
+            put,
+            exchange,
+            lambda: list(client.do_action(flight.Action("drop", b"everything"))),
+            lambda: list(client.do_action(flight.Action("x" * 5000, b"\xff" * 5000))),
+        ):
+            assert "not supported" in _one_line_reason(call)
+        assert list(client.list_actions()) == []
+        for descriptor in (anywhere, flight.FlightDescriptor.for_command(deep)):
+            assert client.get_schema(descriptor).schema.equals(record_batch.schema)
+        # The server still serves.
+        assert client.do_get(ticket(0, 1, 0)).read_all().num_rows == 4
+    finally:
+        client.close()
+        server.shutdown()
