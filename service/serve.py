@@ -202,6 +202,8 @@ def start_service(
             simulate_default_sample=min(
                 settings.simulate_default_sample, settings.simulate_max_sample
             ),
+            simulate_max_images=settings.simulate_max_images,
+            max_world_size=settings.max_world_size,
         )
         try:
             job = ServiceJob(index, config, state, dataset=settings.dataset, options=options)
