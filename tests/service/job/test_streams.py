@@ -206,3 +206,32 @@ def test_a_restart_prunes_stored_ranks_of_older_world_sizes(sample_index, tmp_pa
     fresh = StateStore(tmp_path)
     assert {r.cursor.world_size for r in fresh.cursors()} == {8}
     fresh.close()
+
+
+def _wire_bytes(batches) -> list[bytes]:
+    """What the transport sends of each batch: its Arrow IPC message and app_metadata."""
+    return [b.record_batch.serialize().to_pybytes() + b.metadata.to_bytes() for b in batches]
+
+
+def test_a_replayed_epoch_is_byte_identical_after_a_later_config_change(sample_index):
+    job, _ = _job(sample_index)
+    num_batches = EpochPlanner(sample_index, ConfigHistory.start(SMALL_CONFIG), 0).num_batches()
+    world = 4
+    assert num_batches % world, "the epoch must end part-way through a round (padding)"
+    first = {r: _wire_bytes(job.open_rank_stream(Cursor(r, world, 0))) for r in range(world)}
+    padding = [
+        b
+        for r in range(world)
+        for b in job.open_rank_stream(Cursor(r, world, 0))
+        if b.metadata.global_batch >= num_batches
+    ]
+    assert padding and all(b.metadata.config_version == 1 for b in padding)
+
+    # Epoch 0 is planned to its end; this change (more rows per batch) starts after it.
+    entry, changed = job.update_config({"batch_size": 2, "max_images_per_seq": 3})
+    assert changed and entry.version == 2
+    replayed = {r: _wire_bytes(job.open_rank_stream(Cursor(r, world, 0))) for r in range(world)}
+    assert replayed == first
+    epoch1 = list(job.open_rank_stream(Cursor(0, world, 1)))
+    assert {b.metadata.config_version for b in epoch1} == {2}
+    assert all(b.record_batch.num_rows == 2 for b in epoch1)
