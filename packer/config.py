@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -19,6 +20,10 @@ PackingStrategy = Literal["exact_fit", "best_fit", "next_fit"]
 
 # Patch coordinates travel as int16 (see packer.contract.schema), so no grid side may pass this.
 _MAX_SEQ_LEN = 32767
+# Far above any useful value, and low enough that one config cannot make the planner hold
+# a whole large dataset in one window, nor a sequence track more images than it can mask.
+MAX_PACK_WINDOW = 65536
+MAX_IMAGES_PER_SEQ = 1024
 
 
 class ConfigError(ValueError):
@@ -70,8 +75,13 @@ class PackingConfig:
         _check_types(self)
         _positive(self, "patch_size", "seq_len", "batch_size", "max_images_per_seq")
         _positive(self, "min_res", "max_res", "pack_window")
-        if self.seq_len > _MAX_SEQ_LEN:
-            raise ConfigError("seq_len", f"must be at most {_MAX_SEQ_LEN}, got {self.seq_len}")
+        for name, most in (
+            ("seq_len", _MAX_SEQ_LEN),
+            ("pack_window", MAX_PACK_WINDOW),
+            ("max_images_per_seq", MAX_IMAGES_PER_SEQ),
+        ):
+            if getattr(self, name) > most:
+                raise ConfigError(name, f"must be at most {most}, got {getattr(self, name)}")
         if self.min_res < self.patch_size:
             raise ConfigError(
                 "min_res",
@@ -193,7 +203,13 @@ def _check_types(config: PackingConfig) -> None:
         elif hint is float:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f.name, f"must be a number, got {value!r}")
-            object.__setattr__(config, f.name, float(value))
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
+                raise ConfigError(f.name, f"must be a finite number, got {str(value)[:40]}")
+            object.__setattr__(config, f.name, number)
 
 
 def _positive(config: PackingConfig, *names: str) -> None:

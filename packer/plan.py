@@ -260,7 +260,11 @@ class EpochPlanner:
         # Past the end: the ranks still short of their share get padding, so every rank
         # has batches_per_rank(num_batches, world_size) of them.
         if k < batches_per_rank(self._num_batches, world_size):
-            return BatchPlan.empty(self.epoch, j, self.history.at(self.epoch, self._window))
+            # Shaped and labelled by the config that planned the epoch's last window, never
+            # by a later one: a config change recorded after the epoch was planned (it
+            # starts past the last window) must not alter a batch that may have been sent.
+            last = self._version or self.history.at(self.epoch, 0)
+            return BatchPlan.empty(self.epoch, j, last)
         return None
 
     def iter_rank(self, rank: int, world_size: int, start: int = 0) -> Iterator[BatchPlan]:

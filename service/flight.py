@@ -14,8 +14,11 @@ window allows, so a stalled client parks its stream's generator; behind it at mo
 `max_in_flight` fill tasks are pending (see service.job.streams). Every stream runs on its own
 gRPC thread, so the other ranks keep streaming.
 
-Bad tickets and refused calls raise Flight errors with a reason (the client gets
-FlightServerError / FlightUnauthenticatedError), never crash the server.
+Every failure a client can cause is a one-line Flight error with a reason (the client
+gets FlightServerError / FlightUnauthenticatedError / FlightUnavailableError), never a
+Python traceback and never a server path: a bad ticket names its field, the methods this
+service does not offer (do_put, do_exchange, do_action) say "not supported", and an
+unexpected failure is logged here and reported in one line. list_actions lists none.
 """
 
 from __future__ import annotations
@@ -34,6 +37,23 @@ from service.batch_source import BatchSource, OutgoingBatch, ServiceStopping
 log = logging.getLogger("navit.service.flight")
 
 STREAM_PATH = [b"navit", b"packed"]
+NOT_SUPPORTED = "not supported: this service streams with do_get (see list_flights)"
+# A client sees at most this much of an error message.
+_MESSAGE_CHARS = 300
+
+
+def one_line(message: str) -> str:
+    """`message` on one line, at most _MESSAGE_CHARS long (a ticket may echo a long value)."""
+    text = " ".join(message.split())
+    return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 3] + "..."
+
+
+def _internal_error(what: str, error: Exception) -> flight.FlightServerError:
+    """Log `error` with its traceback here; the client gets one line without it."""
+    log.error("%s failed", what, exc_info=error)
+    return flight.FlightServerError(
+        one_line(f"{what} failed on the server ({type(error).__name__}); see the service log")
+    )
 
 
 class BearerTokenMiddlewareFactory(flight.ServerMiddlewareFactory):
@@ -89,34 +109,85 @@ class PackedFlightServer(flight.FlightServerBase):
         try:
             cursor = Cursor.from_ticket(ticket.ticket)
             stream = self.source.open_rank_stream(cursor)
+            schema = self.source.stream_schema()
         except TicketError as e:
-            raise flight.FlightServerError(f"bad ticket: {e}") from None
+            raise flight.FlightServerError(one_line(f"bad ticket: {e}")) from None
         except ServiceStopping as e:
-            raise flight.FlightUnavailableError(f"{e}; reconnect with your cursor") from None
-        schema = self.source.stream_schema()
+            raise flight.FlightUnavailableError(
+                one_line(f"{e}; reconnect with your cursor")
+            ) from None
+        except Exception as e:  # noqa: BLE001 - one line to the client, the traceback to the log
+            raise _internal_error("do_get", e) from None
         return flight.GeneratorStream(schema, _with_flight_errors(stream, cursor))
 
     def list_flights(
         self, context: flight.ServerCallContext, criteria: bytes
     ) -> Iterator[flight.FlightInfo]:
-        yield self._info(flight.FlightDescriptor.for_path(*STREAM_PATH), None)
+        try:
+            info = self._info(flight.FlightDescriptor.for_path(*STREAM_PATH), None)
+        except Exception as e:  # noqa: BLE001 - one line to the client
+            raise _internal_error("list_flights", e) from None
+        yield info
 
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
-        if descriptor.descriptor_type == flight.DescriptorType.CMD:
-            # A command is a ticket: describe that rank's stream.
-            try:
-                cursor = Cursor.from_ticket(descriptor.command)
-            except TicketError as e:
-                raise flight.FlightServerError(f"bad ticket in descriptor: {e}") from None
+        cursor = self._described_cursor(descriptor)
+        try:
             return self._info(descriptor, cursor)
+        except Exception as e:  # noqa: BLE001 - one line to the client
+            raise _internal_error("get_flight_info", e) from None
+
+    def get_schema(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.SchemaResult:
+        """The stream schema, whatever the descriptor: every flight of this service has
+        it. (It never refuses: pyarrow's get_schema callback passes any exception,
+        FlightError included, to the client with a Python traceback.)"""
+        return flight.SchemaResult(self.source.stream_schema())
+
+    def _described_cursor(self, descriptor: flight.FlightDescriptor) -> Cursor | None:
+        """The rank a descriptor names (a command is a ticket), None for the stream path;
+        any other descriptor is a one-line FlightServerError."""
+        if descriptor.descriptor_type == flight.DescriptorType.CMD:
+            try:
+                return Cursor.from_ticket(descriptor.command)
+            except TicketError as e:
+                raise flight.FlightServerError(one_line(f"bad ticket in descriptor: {e}")) from None
         if list(descriptor.path or []) != STREAM_PATH:
             raise flight.FlightServerError(
-                f"unknown flight {descriptor.path!r}: the only path is "
-                f"{[p.decode() for p in STREAM_PATH]}; or pass a ticket JSON as a command"
+                one_line(
+                    f"unknown flight {descriptor.path!r}: the only path is "
+                    f"{[p.decode() for p in STREAM_PATH]}; or pass a ticket JSON as a command"
+                )
             )
-        return self._info(descriptor, None)
+        return None
+
+    # -- what this service does not offer ----------------------------------------------
+
+    def do_put(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
+        raise flight.FlightServerError(NOT_SUPPORTED)
+
+    def do_exchange(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
+        raise flight.FlightServerError(NOT_SUPPORTED)
+
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator:
+        raise flight.FlightServerError(NOT_SUPPORTED)
+
+    def list_actions(self, context: flight.ServerCallContext) -> list:
+        return []  # no actions: the streams are everything this service offers
 
     def _info(
         self, descriptor: flight.FlightDescriptor, cursor: Cursor | None
@@ -143,14 +214,16 @@ def _with_flight_errors(stream: Iterator[OutgoingBatch], cursor: Cursor) -> Iter
         for batch in stream:
             yield batch.record_batch, batch.metadata.to_bytes()
     except ServiceStopping as e:
-        raise flight.FlightUnavailableError(f"{e}; reconnect with your cursor") from None
+        raise flight.FlightUnavailableError(one_line(f"{e}; reconnect with your cursor")) from None
     except flight.FlightError:
         raise
     except Exception as e:
+        # The message may hold a server path (an OSError's filename): the log gets it, the
+        # client one line without it.
         log.exception("stream %s failed", cursor)
         raise flight.FlightServerError(
-            f"stream of rank {cursor.rank} epoch {cursor.epoch} failed: {type(e).__name__}: "
-            f"{e}; reconnect with your cursor"
+            f"stream of rank {cursor.rank} epoch {cursor.epoch} failed on the server "
+            f"({type(e).__name__}; see the service log); reconnect with your cursor"
         ) from None
     finally:
         close = getattr(stream, "close", None)

@@ -172,7 +172,7 @@ def start_service(
     token = settings.bearer_token()
     config = config if config is not None else config_from_settings(settings)
 
-    app = create_app(None, token)
+    app = create_app(None, token, max_body_bytes=settings.max_body_bytes)
     api = _ApiServer(app, settings)
     api.start()
     owns_ray = False
@@ -196,6 +196,8 @@ def start_service(
             simulate_default_sample=min(
                 settings.simulate_default_sample, settings.simulate_max_sample
             ),
+            simulate_max_images=settings.simulate_max_images,
+            max_world_size=settings.max_world_size,
         )
         try:
             job = ServiceJob(index, config, state, dataset=settings.dataset, options=options)

@@ -39,6 +39,15 @@ class ServiceSettings(BaseSettings):
     recent_sequences: int = Field(24, ge=1, le=1024, description="kept for the dashboard")
     simulate_max_sample: int = Field(20000, ge=1, description="largest /simulate sample")
     simulate_default_sample: int = Field(2000, ge=1)
+    simulate_max_images: int = Field(
+        40000, ge=1, description="largest /simulate cost: sample_size x epochs images planned"
+    )
+    max_world_size: int = Field(
+        1024, ge=1, le=65536, description="largest world_size a Flight ticket may name"
+    )
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="largest HTTP request body; a larger one gets 413"
+    )
     shutdown_timeout_s: float = Field(10.0, gt=0)
     log_level: str = "info"
 

@@ -10,7 +10,7 @@ sent (batches are a pure function of index, config history, epoch, rank and batc
   with another config after a restart would change what a trainer already received.
 - `cursors`: each rank's `Cursor` (epoch, next batch index) and when it last moved, for
   /stats and for an operator; the trainer's own cursor in its ticket is what a reconnect
-  resumes from.
+  resumes from. The job keeps the ranks of one world size (`keep_world_size`).
 
 With no state directory the database lives in memory (nothing survives a restart).
 """
@@ -145,3 +145,8 @@ class StateStore:
                     for r in records
                 ],
             )
+
+    def keep_world_size(self, world_size: int) -> None:
+        """Delete the cursors of every other world size."""
+        with self._lock:
+            self._db.execute("DELETE FROM cursors WHERE world_size != ?", (world_size,))

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from service.api.deps import ApiError
+from service.api.errors import api_error, validation_error_422
+from service.api.request_guard import RequestGuard
 from service.api.routers import config, dashboard, health, metrics, simulate, stats, trainers
 from service.job import ServiceJob
 
+DEFAULT_MAX_BODY_BYTES = 1 << 20
 
-def create_app(job: ServiceJob | None = None, token: str | None = None) -> FastAPI:
+
+def create_app(
+    job: ServiceJob | None = None,
+    token: str | None = None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
     """The FastAPI app; `job` may be attached later (`app.state.job = job`): until then
-    job routes answer 503 and /readyz says what is missing."""
+    job routes answer 503 and /readyz says what is missing. With a `token`, mutations
+    need it; `max_body_bytes` caps every request body (413 beyond)."""
     app = FastAPI(
         title="navit-pack service",
         summary="Patch n' Pack as a data service: control plane of the packer",
@@ -21,14 +31,12 @@ def create_app(job: ServiceJob | None = None, token: str | None = None) -> FastA
     app.state.job = job
     app.state.token = token
     app.state.registry = metrics.build_registry(app)
+    # The guard first, so that the metrics middleware (added after: outside it) counts
+    # its 401s and 413s too.
+    app.add_middleware(RequestGuard, token=token, max_body_bytes=max_body_bytes)
     app.middleware("http")(metrics.count_requests)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse(
-            {"detail": error.detail, "field": error.field}, status_code=error.status_code
-        )
-
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error_422)
     for module in (config, stats, simulate, trainers, health, metrics, dashboard):
         app.include_router(module.router)
     return app

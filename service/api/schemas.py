@@ -61,8 +61,12 @@ class ErrorResponse(BaseModel):
     field: str | None = None
 
 
-# Documented on every route that reads a body: FastAPI answers 400 to unparsable JSON.
-BAD_BODY = {400: {"model": ErrorResponse, "description": "the body is not valid JSON"}}
+# Documented on every route that reads a body: FastAPI answers 400 to unparsable JSON,
+# the request guard 413 to a body over the service's max_body_bytes.
+BAD_BODY = {
+    400: {"model": ErrorResponse, "description": "the body is not valid JSON"},
+    413: {"model": ErrorResponse, "description": "the body exceeds max_body_bytes"},
+}
 # Documented on every mutation: with a token configured, they need it (see deps.Authorized).
 UNAUTHORIZED = {401: {"model": ErrorResponse, "description": "missing or wrong bearer token"}}
 

@@ -187,6 +187,16 @@ class ConfigControl:
             raise ConfigError(
                 "sample_size", f"must lie in [1, {self.options.simulate_max_sample}], got {size}"
             )
+        # What one run costs: every sampled image planned once per epoch (twice, with the
+        # baseline), under the planner of no running stream but on the service's CPUs.
+        cost = min(size, self.index.num_rows) * epochs
+        if cost > self.options.simulate_max_images:
+            raise ConfigError(
+                "epochs",
+                f"sample_size x epochs = {cost} images, more than the service's limit of "
+                f"{self.options.simulate_max_images} (simulate_max_images); use a smaller "
+                "sample_size or fewer epochs",
+            )
         current = self.current
         config = current.config.replace(**changes)
         sample = self.sample_index(size)

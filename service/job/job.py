@@ -63,6 +63,7 @@ class ServiceJob:
             self.recent,
             max_in_flight=self.options.max_in_flight,
             header_rejects=rejects,
+            max_world_size=self.options.max_world_size,
             fill=fill,
         )
 

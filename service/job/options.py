@@ -13,3 +13,5 @@ class JobOptions:
     dry_run_images: int = 512  # images planned to vet a config change before accepting it
     simulate_max_sample: int = 20000
     simulate_default_sample: int = 2000
+    simulate_max_images: int = 40000  # one /simulate's sample_size x epochs
+    max_world_size: int = 1024  # the largest world_size a ticket may name

@@ -10,15 +10,23 @@ trainer stops its own stream's work (gRPC flow control, then this bound) instead
 growing a buffer. Other ranks are unaffected: each stream has its own fill tasks; they
 share only the planners.
 
-Each rank's position is a `Cursor`, advanced as its batches leave and saved to the state
-store at most once a second while streaming (and when a stream ends), for /stats and an
-operator; a reconnecting trainer resumes from the cursor in its own ticket.
+Each rank's position is a `Cursor`: the next batch not yet handed to the transport. It
+advances when the transport asks for the next batch (the previous one has left) and is
+saved to the state store right then, one small SQLite upsert per batch, so the store
+never lags behind a stalled stream: after a `kill -9` it shows where each rank stood.
+It is for /stats and an operator; a reconnecting trainer resumes from its own ticket.
+
+Per-rank state is kept for one world size, the latest one a stream opened with (up to
+`max_world_size` ranks): a stream of a new world size replaces the old world size's rows
+in memory and in the store. A stream of an older world size still open keeps streaming,
+but its rank is no longer shown.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -28,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from packer.contract.cursor import BatchMetadata, Cursor
+from packer.contract.cursor import BatchMetadata, Cursor, TicketError
 from packer.contract.schema import from_record_batch
 from packer.plan import BatchPlan
 from service.batch_source import OutgoingBatch, ServiceStopping
@@ -42,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("navit.service")
 
-_CURSOR_SAVE_INTERVAL_S = 1.0
 _CLOSED_STREAMS_KEPT = 32
 
 # stream_filled's shape: (plans, max_in_flight) -> filled batches in plan order.
@@ -76,7 +83,6 @@ class RankStatus:
     updated_at: float  # when its cursor last moved
     batches_sent: int = 0
     open_streams: int = 0
-    dirty: bool = False  # moved since the state store last saved it
 
 
 class RankStreams:
@@ -91,6 +97,7 @@ class RankStreams:
         *,
         max_in_flight: int,
         header_rejects: list[str],
+        max_world_size: int = 1024,
         fill: FillFunction | None = None,
     ) -> None:
         self._planners = planners
@@ -98,6 +105,7 @@ class RankStreams:
         self._stats = stats
         self._recent = recent
         self.max_in_flight = max_in_flight
+        self.max_world_size = max_world_size
         self._header_rejects = header_rejects
         self._fill = fill
         self._stopping = threading.Event()
@@ -105,25 +113,53 @@ class RankStreams:
         self._open: dict[int, StreamStatus] = {}
         self._closed: deque[StreamStatus] = deque(maxlen=_CLOSED_STREAMS_KEPT)
         self._next_stream_id = 1
+        # Serialises writes to the store's cursors, so that a save never lands after (and
+        # undoes) the pruning of its world size. Taken before self._lock, never inside it.
+        self._save_lock = threading.Lock()
+        stored = state.cursors()
+        # The world size whose ranks are kept: the one that moved last.
+        self._world_size = (
+            max(stored, key=lambda r: r.updated_at).cursor.world_size if stored else 0
+        )
         self._ranks: dict[tuple[int, int], RankStatus] = {
             (r.cursor.rank, r.cursor.world_size): RankStatus(r.cursor, r.updated_at)
-            for r in state.cursors()
+            for r in stored
+            if r.cursor.world_size == self._world_size
         }
+        if len(self._ranks) < len(stored):
+            state.keep_world_size(self._world_size)
 
     def open(self, cursor: Cursor) -> Iterator[OutgoingBatch]:
         """Check `cursor` now (TicketError, ServiceStopping) and return its lazy stream."""
         if self._stopping.is_set():
             raise ServiceStopping("the service is shutting down")
+        if cursor.world_size > self.max_world_size:
+            raise TicketError(
+                "world_size",
+                f"must be at most {self.max_world_size} (the service's max_world_size), "
+                f"got {cursor.world_size}",
+            )
         self._planners.check_epoch(cursor.epoch)
         now = time.time()
-        with self._lock:
-            status = StreamStatus(self._next_stream_id, cursor)
-            self._next_stream_id += 1
-            self._open[status.stream_id] = status
-            rank = self._ranks.setdefault((cursor.rank, cursor.world_size), RankStatus(cursor, now))
-            rank.cursor = cursor
-            rank.open_streams += 1
-            rank.dirty = True
+        key = (cursor.rank, cursor.world_size)
+        with self._save_lock:
+            with self._lock:
+                status = StreamStatus(self._next_stream_id, cursor)
+                self._next_stream_id += 1
+                self._open[status.stream_id] = status
+                new_world = cursor.world_size != self._world_size
+                if new_world:
+                    # A new world size replaces the old one's ranks (see the docstring).
+                    self._world_size = cursor.world_size
+                    self._ranks.clear()
+                rank = self._ranks.setdefault(key, RankStatus(cursor, now))
+                rank.cursor = cursor
+                rank.updated_at = now
+                rank.open_streams += 1
+                record = CursorRecord(cursor, now)
+            if new_world:
+                self._state.keep_world_size(cursor.world_size)
+            self._state.save_cursors([record])
         return self._stream(cursor, status)
 
     def _fill_function(self) -> FillFunction:
@@ -150,7 +186,6 @@ class RankStreams:
                 yield plan
                 cursor = cursor.advanced()
 
-        last_saved = 0.0
         try:
             for filled in self._fill_function()(plans(), self.max_in_flight):
                 status.received += 1
@@ -168,13 +203,9 @@ class RankStreams:
                 self._account(metadata, plan, filled, record_batch)
                 yield OutgoingBatch(record_batch, metadata)
                 # The transport asked for the next batch: this one has left.
-                now = time.time()
                 status.sent += 1
                 status.cursor = cursor.advanced()
-                self._advance(status.cursor, now)
-                if now - last_saved >= _CURSOR_SAVE_INTERVAL_S:
-                    self.flush_cursors()
-                    last_saved = now
+                self._advance(status.cursor, time.time())
             if self._stopping.is_set() and not status.end:
                 raise ServiceStopping("the service is shutting down")
             status.end = "complete"
@@ -200,32 +231,42 @@ class RankStreams:
         self._recent.add(metadata, packed)
 
     def _advance(self, cursor: Cursor, now: float) -> None:
-        with self._lock:
-            rank = self._ranks[(cursor.rank, cursor.world_size)]
-            rank.cursor = cursor
-            rank.updated_at = now
-            rank.batches_sent += 1
-            rank.dirty = True
+        """Move the rank's cursor and save it (not for a world size no longer kept)."""
+        key = (cursor.rank, cursor.world_size)
+        with self._save_lock:
+            with self._lock:
+                rank = self._ranks.get(key)
+                if rank is None:
+                    return
+                rank.cursor = cursor
+                rank.updated_at = now
+                rank.batches_sent += 1
+                record = CursorRecord(cursor, now)
+            self._save([record])
+
+    def _save(self, records: list[CursorRecord]) -> None:
+        """Save cursors (with the save lock held); a store closed at shutdown is logged,
+        it must not end a stream with an error."""
+        try:
+            self._state.save_cursors(records)
+        except sqlite3.Error:
+            log.warning("could not save rank cursors %s", records, exc_info=True)
 
     def _close(self, status: StreamStatus) -> None:
         with self._lock:
             status.closed_at = time.time()
             self._open.pop(status.stream_id, None)
             self._closed.append(status)
-            self._ranks[(status.cursor.rank, status.cursor.world_size)].open_streams -= 1
-        try:
-            self.flush_cursors()
-        except Exception:  # noqa: BLE001 - a closed store at shutdown must not mask the end
-            log.exception("could not save rank cursors")
+            rank = self._ranks.get((status.cursor.rank, status.cursor.world_size))
+            if rank is not None:
+                rank.open_streams -= 1
 
     def flush_cursors(self) -> None:
-        """Save every cursor that moved since the last save."""
-        with self._lock:
-            dirty = [rank for rank in self._ranks.values() if rank.dirty]
-            for rank in dirty:
-                rank.dirty = False
-            records = [CursorRecord(rank.cursor, rank.updated_at) for rank in dirty]
-        self._state.save_cursors(records)
+        """Save every kept rank's cursor (each is saved as it moves; this is for stop)."""
+        with self._save_lock:
+            with self._lock:
+                records = [CursorRecord(r.cursor, r.updated_at) for r in self._ranks.values()]
+            self._save(records)
 
     def stop(self) -> None:
         """Make every stream end at its next batch (ServiceStopping) and save cursors."""

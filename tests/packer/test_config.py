@@ -28,6 +28,11 @@ def test_max_res_whose_images_exceed_seq_len_is_rejected_naming_the_field():
         ({"carry_over": "yes"}, "carry_over"),
         ({"seq_len": 1.5}, "seq_len"),
         ({"token_drop": "resolution", "drop_rate": 0.1, "drop_min_rate": 0.2}, "drop_min_rate"),
+        ({"pack_window": 2**31 - 1}, "pack_window"),
+        ({"max_images_per_seq": 10**6}, "max_images_per_seq"),
+        ({"res_sigma": float("nan")}, "res_sigma"),
+        ({"drop_beta_a": float("inf")}, "drop_beta_a"),
+        ({"res_mu": 10**400}, "res_mu"),
     ],
 )
 def test_each_invalid_value_names_its_field(changes, field):

@@ -172,3 +172,19 @@ def test_after_a_config_change_every_batch_honours_the_version_it_carries():
     for plan in plans:
         if plan.config_version == 2:
             assert np.bincount(plan.sequence).max() <= 2
+
+
+def test_padding_past_the_epoch_end_keeps_the_config_that_planned_the_epoch():
+    index = synthetic_index(np.full(40, 96), np.full(40, 64))
+    config = PackingConfig(
+        patch_size=16, seq_len=128, min_res=32, max_res=96, batch_size=1, pack_window=16
+    )
+    history = ConfigHistory.start(config)
+    planner = EpochPlanner(index, history, 0)
+    world = planner.num_batches() + 1  # the last rank gets only padding
+    before = planner.rank_batch(world - 1, world, 0)
+    # A change recorded after the epoch was planned starts past its last window.
+    history.append(config.replace(batch_size=3), 0, planner.next_window)
+    after = planner.rank_batch(world - 1, world, 0)
+    assert after.num_images == 0
+    assert (after.config_version, after.num_sequences) == (before.config_version, 1) == (1, 1)

@@ -14,6 +14,7 @@ import pytest
 from packer.contract.schema import PackedBatch, packed_schema, to_record_batch
 from service.flight import PackedFlightServer
 from service.replay import ReplaySource
+from service.state import StateStore
 from tests.service.service_testkit import (
     SMALL_CONFIG,
     connect,
@@ -91,6 +92,7 @@ def test_same_batches_whoever_asks_first(start):
         (b'{"rank": 0, "world_size": 1, "epoch": 99}', "epoch"),
         (b'{"rank": 0, "world_size": 1, "epoch": 1' + b"0" * 400 + b"}", "epoch"),
         (b'{"rank": 0, "world_size": 1, "epoch": 0, "start_batch": 1e999}', "start_batch"),
+        (b'{"rank": 0, "world_size": 2000, "epoch": 0}', "world_size"),  # max_world_size
     ],
 )
 def test_bad_tickets_get_a_reason_and_the_server_keeps_serving(start, raw, field):
@@ -241,3 +243,124 @@ def test_corrupt_images_are_counted_as_rejected_never_lost(start, tmp_path, inde
     assert sum(rejected.values()) == 2, rejected
     assert len(delivered) + 2 == index.num_rows == 18
     assert stats["rejected_by_reason"] == rejected
+
+
+def _one_line_reason(call) -> str:
+    """The message of the Flight error `call()` raises; it must be one line, with no
+    Python traceback and no server path."""
+    with pytest.raises(flight.FlightError) as raised:
+        call()
+    message = str(raised.value)
+    assert "\n" not in message, message
+    assert "Traceback" not in message and "/work/" not in message, message
+    assert ".py" not in message, message
+    return message
+
+
+def test_every_client_caused_failure_is_a_one_line_flight_error():
+    source = ReplaySource([to_record_batch(PackedBatch.empty(1, 128, 16))], batches_per_epoch=4)
+    server = PackedFlightServer(source, "127.0.0.1", 0)
+    client = connect(f"grpc+tcp://127.0.0.1:{server.port}")
+    anywhere = flight.FlightDescriptor.for_path("anything")
+    record_batch = source.batches[0]
+    try:
+        deep = b"[" * 100_000
+        digits = b'{"rank": 0, "world_size": 1, "epoch": ' + b"7" * 5000 + b"}"
+        many = b'{"rank": 0, "world_size": 1, "epoch": ' + b"7" * 900 + b"}"
+        for raw in (deep, digits, many, b"[" * 1000 + b"]" * 1000):
+            reason = _one_line_reason(lambda raw=raw: client.do_get(flight.Ticket(raw)).read_all())
+            assert "bad ticket" in reason
+            command = flight.FlightDescriptor.for_command(raw)
+            assert "bad ticket" in _one_line_reason(lambda c=command: client.get_flight_info(c))
+
+        def put() -> None:
+            writer, _ = client.do_put(anywhere, record_batch.schema)
+            writer.write_batch(record_batch)
+            writer.close()
+
+        def exchange() -> None:
+            writer, reader = client.do_exchange(anywhere)
+            writer.begin(record_batch.schema)
+            writer.write_batch(record_batch)
+            writer.done_writing()
+            reader.read_all()
+
+        for call in (
+            put,
+            exchange,
+            lambda: list(client.do_action(flight.Action("drop", b"everything"))),
+            lambda: list(client.do_action(flight.Action("x" * 5000, b"\xff" * 5000))),
+        ):
+            assert "not supported" in _one_line_reason(call)
+        assert list(client.list_actions()) == []
+        for descriptor in (anywhere, flight.FlightDescriptor.for_command(deep)):
+            assert client.get_schema(descriptor).schema.equals(record_batch.schema)
+        # The server still serves.
+        assert client.do_get(ticket(0, 1, 0)).read_all().num_rows == 4
+    finally:
+        client.close()
+        server.shutdown()
+
+
+def _wire(location: str, rank: int, world_size: int, epoch: int) -> list[bytes]:
+    """A rank's epoch as the wire carries it: each batch's Arrow IPC message + app_metadata."""
+    client = connect(location)
+    try:
+        reader = client.do_get(ticket(rank, world_size, epoch))
+        out = []
+        while True:
+            try:
+                chunk = reader.read_chunk()
+            except StopIteration:
+                return out
+            out.append(chunk.data.serialize().to_pybytes() + chunk.app_metadata.to_pybytes())
+    finally:
+        client.close()
+
+
+def test_a_replayed_epoch_is_byte_identical_after_a_patch(start):
+    service = start()
+    world = 5  # 48 images in about ten batches: the last round is part padding
+    first = [_wire(service.flight_location, r, world, 0) for r in range(world)]
+    patched = httpx.patch(f"{service.api_url}/config", json={"batch_size": 2})
+    assert patched.status_code == 200, patched.text
+    replayed = [_wire(service.flight_location, r, world, 0) for r in range(world)]
+    assert replayed == first
+    assert any(b'"config_version": 1}' in batch for rank in first for batch in rank)
+
+
+def test_the_state_store_follows_a_stalled_stream(start, tmp_path):
+    """After k batches the trainer stops reading; the store (read as after a kill -9)
+    catches up with the stream's position instead of lagging behind it."""
+    state_dir = tmp_path / "state"
+    config = SMALL_CONFIG.replace(seq_len=1024, max_images_per_seq=1)  # ~0.8 MB batches
+    service = start(config=config, state_dir=state_dir, max_in_flight=2)
+    client = connect(service.flight_location)
+    reader = client.do_get(ticket(0, 1, 0))
+    k = 3
+    for _ in range(k):
+        reader.read_chunk()
+
+    def stored() -> int | None:
+        fresh = StateStore(state_dir)
+        try:
+            return {r.cursor.rank: r.cursor.next_batch for r in fresh.cursors()}.get(0)
+        finally:
+            fresh.close()
+
+    def in_memory() -> int:
+        (status,) = [s for s in service.job.streams() if s.closed_at is None]
+        return status.cursor.next_batch
+
+    # The server sends what gRPC buffers beyond the k read, then parks; the store shows
+    # exactly where it parked (batches handed to the transport), at least k - 1.
+    seen: list[tuple[int, int | None]] = []
+
+    def settled() -> bool:
+        seen.append((in_memory(), stored()))
+        return len(seen) > 10 and len(set(seen[-10:])) == 1 and seen[-1][0] == seen[-1][1]
+
+    _wait_until(settled)
+    assert seen[-1][1] >= k - 1
+    reader.cancel()
+    client.close()

@@ -70,3 +70,11 @@ def test_without_a_directory_the_store_lives_in_memory(tmp_path, monkeypatch):
     assert fresh.load_history() is None and fresh.frontier() == {} and fresh.cursors() == []
     fresh.close()
     assert not (tmp_path / DB_NAME).exists()
+
+
+def test_keep_world_size_deletes_the_cursors_of_every_other(tmp_path):
+    store = StateStore(tmp_path)
+    store.save_cursors([CursorRecord(Cursor(r, w, 0, 1), 1.0) for w in (1, 2, 3) for r in range(w)])
+    store.keep_world_size(2)
+    assert [(r.cursor.rank, r.cursor.world_size) for r in store.cursors()] == [(0, 2), (1, 2)]
+    store.close()

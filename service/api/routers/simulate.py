@@ -42,7 +42,7 @@ def post_simulate(request: SimulateRequest, job: JobDep) -> dict:
     try:
         return job.simulate(patch_values(request.config), request.sample_size, request.epochs)
     except ConfigError as e:
-        where = ("body",) if e.field == "sample_size" else ("body", "config")
+        where = ("body",) if e.field in ("sample_size", "epochs") else ("body", "config")
         raise config_error_422(e, *where) from None
     finally:
         _one_at_a_time.release()

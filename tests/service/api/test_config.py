@@ -71,6 +71,8 @@ def test_schema_changes_are_a_409_saying_why(api, field):
         ({"batch_size": 100_000}, ["body", "batch_size"]),  # a batch of 10 GB of pixels
         ({"token_drop": "sometimes"}, ["body", "token_drop"]),  # pydantic's enum check
         ({"pack_window": "many"}, ["body", "pack_window"]),
+        ({"pack_window": 2**31 - 1}, ["body", "pack_window"]),  # the planner's bound
+        ({"max_images_per_seq": 10**6}, ["body", "max_images_per_seq"]),
         ({"colour": "red"}, ["body", "colour"]),
     ],
 )

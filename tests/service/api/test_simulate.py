@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from fastapi.testclient import TestClient
+
+from service.api.main import create_app
+from service.job import JobOptions, ServiceJob
+from service.state import StateStore
+from tests.service.service_testkit import SMALL_CONFIG
 
 
 def test_simulate_predicts_without_touching_the_job(api):
@@ -32,3 +38,15 @@ def test_simulate_bad_input_is_a_422_naming_the_field(api, body, loc):
     response = api.post("/simulate", json=body)
     assert response.status_code == 422, response.text
     assert any(error["loc"] == loc for error in response.json()["detail"])
+
+
+def test_what_one_simulate_may_cost_is_bounded_naming_the_field(sample_index):
+    options = JobOptions(simulate_max_images=60)
+    job = ServiceJob(sample_index, SMALL_CONFIG, StateStore(None), options=options)
+    with TestClient(create_app(job)) as client:
+        assert client.post("/simulate", json={"sample_size": 30, "epochs": 2}).status_code == 200
+        response = client.post("/simulate", json={"sample_size": 40, "epochs": 2})
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["body", "epochs"]
+        assert "simulate_max_images" in error["msg"] and "60" in error["msg"]

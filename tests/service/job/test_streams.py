@@ -8,7 +8,7 @@ from packer.contract.cursor import Cursor, TicketError, batches_per_rank, global
 from packer.contract.schema import from_record_batch
 from packer.plan import ConfigHistory, EpochPlanner
 from service.job import JobOptions, ServiceJob, ServiceStopping
-from service.state import StateStore
+from service.state import CursorRecord, StateStore
 from tests.service.service_testkit import SMALL_CONFIG, InProcessFill
 
 
@@ -136,3 +136,102 @@ def test_an_epoch_far_beyond_the_planned_ones_is_a_ticket_error(sample_index):
         job.open_rank_stream(Cursor(0, 1, epoch=2))
     assert caught.value.field == "epoch"
     assert [s.cursor.epoch for s in job.streams()] == [0]  # the refused one opened nothing
+
+
+def test_the_stored_cursor_follows_a_stalled_stream_batch_by_batch(sample_index, tmp_path):
+    job, _ = _job(sample_index, state=StateStore(tmp_path))
+    stream = job.open_rank_stream(Cursor(0, 1, epoch=0))
+    for k in range(1, 7):
+        assert next(stream).metadata.batch == k - 1
+        # The consumer stalls after k batches: the generator is parked at batch k - 1,
+        # batches 0..k-2 have left. A store opened beside the running job, as after a
+        # kill -9, already shows that, not a position from up to a second ago.
+        fresh = StateStore(tmp_path)
+        assert [r.cursor for r in fresh.cursors()] == [Cursor(0, 1, 0, k - 1)]
+        fresh.close()
+    stream.close()
+
+
+def test_a_world_size_above_the_service_limit_is_a_ticket_error(sample_index):
+    job = ServiceJob(
+        sample_index, SMALL_CONFIG, StateStore(None), options=JobOptions(max_world_size=4)
+    )
+    with pytest.raises(TicketError) as caught:
+        job.open_rank_stream(Cursor(0, 5, epoch=0))
+    assert caught.value.field == "world_size"
+    assert "at most 4" in str(caught.value) and "max_world_size" in str(caught.value)
+    assert job.streams() == [] and job.rank_positions() == []
+    job.open_rank_stream(Cursor(3, 4, epoch=0)).close()
+    assert len(job.rank_positions()) == 1
+
+
+def test_per_rank_state_keeps_only_the_latest_world_size(sample_index, tmp_path):
+    job, _ = _job(sample_index, state=StateStore(tmp_path))
+    for world in range(1, 41):
+        for rank in {0, world - 1}:
+            stream = job.open_rank_stream(Cursor(rank, world, epoch=0))
+            next(stream)
+            stream.close()
+    rows = job.rank_positions()
+    assert {(r["rank"], r["world_size"]) for r in rows} == {(0, 40), (39, 40)}
+    fresh = StateStore(tmp_path)
+    assert sorted(r.cursor.rank for r in fresh.cursors()) == [0, 39]
+    assert {r.cursor.world_size for r in fresh.cursors()} == {40}
+    fresh.close()
+    # A stream of the old world size still open keeps streaming, untracked.
+    old = job.open_rank_stream(Cursor(1, 2, epoch=0))
+    newer = job.open_rank_stream(Cursor(0, 3, epoch=0))
+    next(old)
+    next(newer)
+    next(old)
+    assert [(r["rank"], r["world_size"]) for r in job.rank_positions()] == [(0, 3)]
+    old.close()
+    newer.close()
+    job.state.close()
+    # A restart keeps the world size that moved last.
+    restarted, _ = _job(sample_index, state=StateStore(tmp_path))
+    assert [(r["rank"], r["world_size"]) for r in restarted.rank_positions()] == [(0, 3)]
+
+
+def test_a_restart_prunes_stored_ranks_of_older_world_sizes(sample_index, tmp_path):
+    store = StateStore(tmp_path)
+    store.save_cursors(
+        [CursorRecord(Cursor(r, w, 0, 1), float(w)) for w in (2, 8, 4) for r in range(w)]
+    )
+    store.close()
+    job, _ = _job(sample_index, state=StateStore(tmp_path))
+    assert {r["world_size"] for r in job.rank_positions()} == {8}
+    assert len(job.rank_positions()) == 8
+    job.state.close()
+    fresh = StateStore(tmp_path)
+    assert {r.cursor.world_size for r in fresh.cursors()} == {8}
+    fresh.close()
+
+
+def _wire_bytes(batches) -> list[bytes]:
+    """What the transport sends of each batch: its Arrow IPC message and app_metadata."""
+    return [b.record_batch.serialize().to_pybytes() + b.metadata.to_bytes() for b in batches]
+
+
+def test_a_replayed_epoch_is_byte_identical_after_a_later_config_change(sample_index):
+    job, _ = _job(sample_index)
+    num_batches = EpochPlanner(sample_index, ConfigHistory.start(SMALL_CONFIG), 0).num_batches()
+    world = 4
+    assert num_batches % world, "the epoch must end part-way through a round (padding)"
+    first = {r: _wire_bytes(job.open_rank_stream(Cursor(r, world, 0))) for r in range(world)}
+    padding = [
+        b
+        for r in range(world)
+        for b in job.open_rank_stream(Cursor(r, world, 0))
+        if b.metadata.global_batch >= num_batches
+    ]
+    assert padding and all(b.metadata.config_version == 1 for b in padding)
+
+    # Epoch 0 is planned to its end; this change (more rows per batch) starts after it.
+    entry, changed = job.update_config({"batch_size": 2, "max_images_per_seq": 3})
+    assert changed and entry.version == 2
+    replayed = {r: _wire_bytes(job.open_rank_stream(Cursor(r, world, 0))) for r in range(world)}
+    assert replayed == first
+    epoch1 = list(job.open_rank_stream(Cursor(0, world, 1)))
+    assert {b.metadata.config_version for b in epoch1} == {2}
+    assert all(b.record_batch.num_rows == 2 for b in epoch1)
