@@ -14,6 +14,7 @@ from packer.imageio import read_header
 from packer.index import (
     HEADER_BYTES,
     INDEX_SCHEMA,
+    INDEX_VERSION,
     build_index,
     cache_path,
     index_class_names,
@@ -162,7 +163,7 @@ def test_load_index_cache_hit_returns_the_same_table_without_rescanning(
     assert second.equals(first, check_metadata=True)
     metadata = second.schema.metadata
     assert json.loads(metadata[b"navit.class_names"])[0] == "checkers"
-    assert metadata[b"navit.fingerprint"].startswith(b"v1:")
+    assert metadata[b"navit.fingerprint"].startswith(f"v{INDEX_VERSION}:".encode())
 
 
 def test_adding_a_file_invalidates_the_cached_index(tmp_path, counted_builds):
