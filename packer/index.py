@@ -57,6 +57,7 @@ HEADER_BYTES = 64 * 1024
 
 _FINGERPRINT_KEY = b"navit.fingerprint"
 _SKIPPED_KEY = b"navit.skipped"
+CACHE_PATH_KEY = b"navit.cache"
 _META_KEYS = (
     b"navit.source",
     b"navit.kind",
@@ -186,13 +187,27 @@ def load_index(uri: str, cache_dir: str | Path | None = None, num_threads: int =
     path = cache_path(source.uri, cache_dir)
     cached = _read_cached(path, fingerprint)
     if cached is not None:
-        return cached
+        return _with_cache_path(cached, path)
     table = build_index(source, num_threads=num_threads)
     metadata = dict(table.schema.metadata or {})
     metadata[_FINGERPRINT_KEY] = fingerprint
     table = table.replace_schema_metadata(metadata)
     write_atomically(path, lambda out: pq.write_table(table, out))
-    return table
+    return _with_cache_path(table, path)
+
+
+def _with_cache_path(table: pa.Table, path: Path) -> pa.Table:
+    """Say where the index is cached (`navit.cache`, never stored in the file itself), so
+    what lives beside it (packer.reject_ledger) is found from the table alone."""
+    metadata = dict(table.schema.metadata or {})
+    metadata[CACHE_PATH_KEY] = str(path).encode()
+    return table.replace_schema_metadata(metadata)
+
+
+def index_cache_path(table: pa.Table) -> Path | None:
+    """Where load_index cached this index; None for one built otherwise."""
+    raw = (table.schema.metadata or {}).get(CACHE_PATH_KEY)
+    return Path(raw.decode()) if raw else None
 
 
 def _read_cached(path: Path, fingerprint: bytes) -> pa.Table | None:
