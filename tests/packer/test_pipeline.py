@@ -64,7 +64,8 @@ def test_pack_writes_batches_plain_pyarrow_reads_with_every_image_once_per_epoch
     # Batch files are written atomically: no temporary file is left beside them.
     files = {p.name for p in (tmp_path / "out").rglob("*") if p.is_file()}
     assert files == {p.name for p in (tmp_path / "out").glob("epoch-*/batch-*.arrow")} | {
-        "rejected.jsonl"
+        "rejected.jsonl",
+        "notes.jsonl",
     }
 
 
