@@ -8,6 +8,9 @@ An image that fails to read or decode is rejected with its reason, and the image
 it in its sequence move up: for a planned sequence [a(3 tokens), b(2), c(4)] at seq_len
 10 where b is corrupt, segment_ids become [1, 1, 1, 2, 2, 2, 2, 0, 0, 0] with c in slot
 2. The result is still a pure function of the plan and the bytes.
+
+Pillow's warnings while an image decodes become its notes (`FillResult.notes`, see
+packer.notes), never lines on stderr, in whatever process runs the fill.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from packer.contract.schema import PackedBatch
 from packer.imageio import RejectedImage, decode_resized
+from packer.notes import ImageNote, capture_notes, notes_of
 from packer.patchify import patchify
 from packer.plan import BatchPlan
 from packer.sampling import kept_token_indices
@@ -28,6 +32,7 @@ from packer.sources import ByteReader
 class FillResult:
     batch: PackedBatch
     rejected: list[tuple[str, str, str]] = field(default_factory=list)  # (id, reason, detail)
+    notes: list[ImageNote] = field(default_factory=list)  # Pillow's warnings, per image
 
     @property
     def rejected_reasons(self) -> list[str]:
@@ -61,18 +66,22 @@ def fill_batch(plan: BatchPlan, reader: ByteReader | None = None) -> FillResult:
     next_slot = np.ones(num_seq, np.int32)
     kept: list[int] = []  # plan positions of images that made it, in row order
     rejected: list[tuple[str, str, str]] = []
+    notes: list[ImageNote] = []
 
     for i in range(plan.num_images):
         s = int(plan.sequence[i])
         gh, gw, n_keep = int(plan.grid_h[i]), int(plan.grid_w[i]), int(plan.num_kept[i])
         try:
-            data = reader.read(
-                plan.uri[i], int(plan.offset[i]), int(plan.length[i]), int(plan.row[i])
-            )
-            image = decode_resized(data, gw * p, gh * p)
+            with capture_notes(), notes_of(plan.image_ids[i]) as image_notes:
+                data = reader.read(
+                    plan.uri[i], int(plan.offset[i]), int(plan.length[i]), int(plan.row[i])
+                )
+                image = decode_resized(data, gw * p, gh * p)
         except RejectedImage as e:
             rejected.append((plan.image_ids[i], e.reason, e.detail))
             continue
+        finally:
+            notes.extend(image_notes)
         tokens = kept_token_indices(config, plan.epoch, int(plan.key[i]), gh * gw, n_keep)
         start, stop = int(next_token[s]), int(next_token[s]) + len(tokens)
         if n_keep == gh * gw:  # nothing dropped: one copy, straight into the slot
@@ -100,4 +109,4 @@ def fill_batch(plan: BatchPlan, reader: ByteReader | None = None) -> FillResult:
         patch_size=p,
         config_version=plan.config_version,
     )
-    return FillResult(batch, rejected)
+    return FillResult(batch, rejected, notes)

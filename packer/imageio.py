@@ -40,8 +40,10 @@ REJECT_REASONS = (
     "read_error",
 )
 
-# Formats a training set plausibly holds. Restricting Image.open to these keeps random
-# bytes from being "identified" by a plugin with a weak signature check (TGA, for one).
+# Raster formats whose files start with a signature of 4 bytes or more. Restricting
+# Image.open to these keeps random bytes from being "identified" by a plugin with a weak
+# signature check (TGA has none; DIB, PCX and SGI check 2-4 bytes). Left out as well:
+# formats that are not raster images (EPS/PDF need Ghostscript, MPEG, WMF, HDF5, GRIB).
 _WANTED_FORMATS = (
     "JPEG",
     "PNG",
@@ -53,11 +55,21 @@ _WANTED_FORMATS = (
     "AVIF",
     "JPEG2000",
     "QOI",
+    "DDS",
+    "ICO",
+    "ICNS",
+    "PSD",
+    "BLP",
+    "MSP",
+    "XBM",
 )
 # Load every plugin once, at import, so no thread races Pillow's lazy plugin import and
 # Image.open never meets a format name it does not know (that raises KeyError).
 Image.init()
 _FORMATS = tuple(name for name in _WANTED_FORMATS if name in Image.OPEN)
+# The formats decode_resized opens, by Pillow's name; the folder listing takes the file
+# extensions Pillow registers for them. MPO (multi-picture JPEG) opens through JPEG.
+DECODED_FORMATS = _FORMATS + (("MPO",) if "JPEG" in _FORMATS else ())
 
 _ORIENTATION_TAG = 0x0112
 # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).

@@ -1,7 +1,9 @@
 """`navit simulate`: the packing stats a config would give, from the index alone.
 
-Runs the planner without decoding a pixel, so its prediction equals what `navit pack`
-delivers whenever no image fails to decode (the same planner decides both).
+Runs the planner without decoding a pixel. Its prediction equals what `navit pack`
+delivers when no planned image fails to decode: the same planner decides both, and the
+images an earlier pack found undecodable are left out of both (packer.reject_ledger:
+simulate applies every entry the ledger knows, as the next pack will).
 """
 
 from __future__ import annotations
@@ -10,18 +12,28 @@ import time
 
 import pyarrow as pa
 
-from packer.index import header_rejects
+from packer.index import header_reject_details, index_skipped
 from packer.plan import ConfigHistory, EpochPlanner
+from packer.reject_ledger import RejectLedger
 from packer.stats import PackingStats
 
 
-def simulate(index: pa.Table, history: ConfigHistory, epochs: int = 1) -> PackingStats:
+def simulate(
+    index: pa.Table,
+    history: ConfigHistory,
+    epochs: int = 1,
+    ledger: RejectLedger | None = None,
+) -> PackingStats:
+    """Predicted stats of packing `epochs` epochs; `ledger` defaults to the index's own
+    (RejectLedger.for_index), whose every entry is applied."""
+    ledger = ledger if ledger is not None else RejectLedger.for_index(index)
     stats = PackingStats()
-    header_errors = [reason for _, reason in header_rejects(index)]
+    stats.add_skipped(index_skipped(index))
     started = time.perf_counter()
     for epoch in range(epochs):
-        stats.add_rejected(header_errors)
-        for plan in EpochPlanner(index, history, epoch).iter_batches():
+        planned = ledger.apply(index, epoch, job_start=len(ledger))
+        stats.add_rejected([reason for _, reason, _ in header_reject_details(planned)])
+        for plan in EpochPlanner(planned, history, epoch).iter_batches():
             stats.add_plan(plan)
     stats.elapsed_s = time.perf_counter() - started
     return stats

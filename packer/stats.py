@@ -5,11 +5,17 @@ image is rejected at decode time: a sequence counts once it was planned with an 
 its tokens are real (image patches) or padding, and efficiency = real / (real + pad).
 All-padding filler rows (the short last batch, rank equalisation) are counted apart as
 `filler_sequences` and never enter the efficiency.
+
+Beside the packing: `notes` counts Pillow's warnings by kind (packer.notes) for the
+images the fill decoded (a simulation decodes nothing, so it has none), and
+`skipped_by_extension` the dataset's files that are not dataset files, once per run
+(not per epoch), e.g. {".txt": 3, ".tar": 1}.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +42,8 @@ class PackingStats:
     pad_tokens: int = 0
     images_per_sequence: Counter = field(default_factory=Counter)  # k -> sequences
     tokens_per_image: Counter = field(default_factory=Counter)  # bucket -> images
+    notes: Counter = field(default_factory=Counter)  # note kind -> images with it
+    skipped_by_extension: Counter = field(default_factory=Counter)  # ".txt" -> files
     elapsed_s: float = 0.0
 
     @property
@@ -67,8 +75,20 @@ class PackingStats:
         self.images_per_sequence.update(per_seq[per_seq > 0].tolist())
         self.tokens_per_image.update(_token_bucket(t) for t in plan.num_kept.tolist())
 
-    def add_filled(self, plan: BatchPlan, packed: PackedBatch, rejected: list[str]) -> None:
-        """Count a delivered batch; `rejected` holds the reasons of its fill-time rejects."""
+    def add_skipped(self, skipped_by_extension: dict[str, int]) -> None:
+        """Files of the dataset that are not dataset files (packer.index.index_skipped)."""
+        self.skipped_by_extension.update(skipped_by_extension)
+
+    def add_filled(
+        self,
+        plan: BatchPlan,
+        packed: PackedBatch,
+        rejected: list[str],
+        notes: Iterable[str] = (),
+    ) -> None:
+        """Count a delivered batch; `rejected` holds the reasons of its fill-time rejects,
+        `notes` the kinds of its images' notes."""
+        self.notes.update(notes)
         planned = int(np.count_nonzero(np.bincount(plan.sequence, minlength=0)))
         real = packed.real_tokens
         self.batches += 1
@@ -97,6 +117,8 @@ class PackingStats:
         self.pad_tokens += other.pad_tokens
         self.images_per_sequence.update(other.images_per_sequence)
         self.tokens_per_image.update(other.tokens_per_image)
+        self.notes.update(other.notes)
+        self.skipped_by_extension.update(other.skipped_by_extension)
         self.elapsed_s += other.elapsed_s
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +142,8 @@ class PackingStats:
             ),
             "images_per_sequence_hist": {str(k): v for k, v in sorted(ips.items())},
             "tokens_per_image_hist": {str(k): v for k, v in sorted(self.tokens_per_image.items())},
+            "notes": dict(sorted(self.notes.items())),
+            "skipped_by_extension": dict(sorted(self.skipped_by_extension.items())),
             "elapsed_s": round(elapsed, 3),
             "images_per_s": round(self.images_packed / elapsed, 2) if elapsed else None,
             "tokens_per_s": round(self.real_tokens / elapsed, 1) if elapsed else None,

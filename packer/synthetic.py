@@ -51,6 +51,8 @@ def synthetic_index(widths: np.ndarray, heights: np.ndarray, num_classes: int = 
             "height": pa.array(np.asarray(heights, np.int32)),
             "key": pa.array(image_keys(ids), pa.uint64()),
             "error": pa.array([None] * n, pa.string()),
+            "detail": pa.array([None] * n, pa.string()),
+            "notes": pa.array([None] * n, pa.string()),
         }
     )
 

@@ -7,14 +7,24 @@ stores those locations (one line per kind in packer.sources.record), and a worke
 
 Modules: `location` (URIs, filesystems, listings, fingerprints), `record`, `source` (the
 common base), one module per kind (`image_folder`, `webdataset`, `parquet`), `detect`
-(`open_source`) and `reader` (`ByteReader`).
+(`open_source`), `errors` (`DatasetError`, the one error for a wrong dataset path) and
+`reader` (`ByteReader`).
 """
 
 from packer.sources.detect import open_source
+from packer.sources.errors import DatasetError
 from packer.sources.location import normalize_uri
 from packer.sources.parquet import image_column
 from packer.sources.reader import ByteReader
 from packer.sources.record import Record
 from packer.sources.source import Source
 
-__all__ = ["ByteReader", "Record", "Source", "image_column", "normalize_uri", "open_source"]
+__all__ = [
+    "ByteReader",
+    "DatasetError",
+    "Record",
+    "Source",
+    "image_column",
+    "normalize_uri",
+    "open_source",
+]

@@ -8,24 +8,27 @@ from functools import cached_property
 from typing import ClassVar
 
 import pyarrow.fs as pafs
+from PIL import Image
 
+from packer.imageio import DECODED_FORMATS
 from packer.sources.record import Record
 from packer.sources.source import Source
 
-# Image files an image folder holds (torchvision's IMG_EXTENSIONS plus GIF and AVIF).
-IMAGE_EXTENSIONS = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".ppm",
-    ".pgm",
-    ".bmp",
-    ".tif",
-    ".tiff",
-    ".webp",
-    ".gif",
-    ".avif",
-)
+
+def _image_extensions() -> tuple[str, ...]:
+    """The extensions the installed Pillow registers for a format decode_resized opens.
+
+    E.g. .jpg/.jpeg/.png/.webp/.gif/.bmp/.tif/.tiff/.avif, the .pbm/.pgm/.ppm/.pnm
+    family, .jp2/.j2k/.jpf..., .qoi, .dds, .ico, .icns, .psd, .mpo when the installed
+    Pillow opens them; anything else in a folder (text, archives, .tga, .pdf...) is
+    skipped and counted by extension.
+    """
+    return tuple(
+        sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in DECODED_FORMATS)
+    )
+
+
+IMAGE_EXTENSIONS = _image_extensions()
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class ImageFolderSource(Source):
     ImageFolder; images directly in the root get label -1."""
 
     kind: ClassVar[str] = "image_folder"
+    member_extensions: ClassVar[tuple[str, ...]] = IMAGE_EXTENSIONS
 
     @cached_property
     def class_names(self) -> list[str]:  # type: ignore[override]
@@ -47,7 +51,7 @@ class ImageFolderSource(Source):
     def records(self) -> list[Record]:
         labels = {name: i for i, name in enumerate(self.class_names)}
         records = []
-        for entry in self.files(IMAGE_EXTENSIONS):
+        for entry in self.files(self.member_extensions):
             relative = self.location.relative(entry.path)
             top, sep, _ = relative.partition("/")
             records.append(

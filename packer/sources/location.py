@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from packer.sources.errors import DatasetError
+
 
 def normalize_uri(uri: str) -> str:
     """A canonical spelling of a source: local paths (and file://) absolute, URIs as given.
@@ -24,7 +26,7 @@ def normalize_uri(uri: str) -> str:
     the index cache finds one entry for them.
     """
     if not uri:
-        raise ValueError("empty source uri")
+        raise DatasetError("empty dataset path: give a folder, a *.tar shard or a *.parquet file")
     if uri.startswith("file://"):
         uri = urlsplit(uri).path
     if "://" not in uri:
@@ -58,7 +60,7 @@ class Location:
         try:
             fs, path = resolve(uri)
         except (OSError, ValueError, pa.ArrowException) as error:
-            raise ValueError(f"cannot open source {uri!r}: {error}") from error
+            raise DatasetError(f"cannot open dataset {uri!r}: {error}") from error
         return cls(uri=uri, fs=fs, path=path.rstrip("/") or "/")
 
     @property
@@ -87,7 +89,9 @@ class Location:
         """Every entry under the root (or the root file itself), sorted by path."""
         info = self.fs.get_file_info(self.path)
         if info.type == pafs.FileType.NotFound:
-            raise ValueError(f"source {self.uri!r} does not exist")
+            raise DatasetError(
+                f"dataset {self.uri!r} does not exist: check the path (or the URI's bucket)"
+            )
         if info.type == pafs.FileType.File:
             return [info]
         selector = pafs.FileSelector(self.path, recursive=True)

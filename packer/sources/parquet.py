@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from packer.sources.errors import DatasetError
 from packer.sources.record import Record
 from packer.sources.source import Source, numbered_classes
 
@@ -39,6 +40,7 @@ class ParquetSource(Source):
     write), else the first binary column; label from `label` if present, else -1."""
 
     kind: ClassVar[str] = "parquet"
+    member_extensions: ClassVar[tuple[str, ...]] = (".parquet",)
 
     @property
     def _files_meta(self) -> list[_ParquetFileMeta]:
@@ -51,7 +53,7 @@ class ParquetSource(Source):
         the dataset is misdescribed, not damaged."""
         metas: list[_ParquetFileMeta] = []
         unreadable: list[Record] = []
-        for entry in self.files((".parquet",)):
+        for entry in self.files(self.member_extensions):
             uri = self.location.uri_of(entry.path)
             try:
                 with self.location.fs.open_input_file(entry.path) as handle:
@@ -67,7 +69,7 @@ class ParquetSource(Source):
             try:
                 image_column(schema)
             except ValueError as error:
-                raise ValueError(f"parquet file {uri!r}: {error}") from error
+                raise DatasetError(f"parquet file {uri!r}: {error}") from error
             metas.append(
                 _ParquetFileMeta(
                     uri=uri,

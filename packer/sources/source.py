@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,6 +19,8 @@ class Source:
     """A dataset of images: `records()` lists them, `class_names` names their labels."""
 
     kind: ClassVar[str] = ""
+    # Extensions of the files this kind reads (".jpg", ".tar", ...); the rest are skipped.
+    member_extensions: ClassVar[tuple[str, ...]] = ()
     location: Location
 
     @property
@@ -45,6 +48,10 @@ class Source:
         """Changes when any file's path, size or mtime changes; costs one listing."""
         return self.location.fingerprint(self.kind, self.entries)
 
+    def skipped_by_extension(self) -> dict[str, int]:
+        """Files under the root this source does not read, counted by extension."""
+        return skipped_by_extension(self.entries, self.member_extensions)
+
     def files(self, extensions: tuple[str, ...]) -> list[pafs.FileInfo]:
         """The listed files whose extension (".jpg", lower case) is one of `extensions`."""
         return [
@@ -52,6 +59,20 @@ class Source:
             for entry in self.entries
             if entry.type == pafs.FileType.File and extension(entry.path) in extensions
         ]
+
+
+def skipped_by_extension(entries: Iterable[pafs.FileInfo], kept: tuple[str, ...]) -> dict[str, int]:
+    """How many listed files of each extension are not one of `kept`, sorted by extension.
+
+    A README, two .txt files and a stray .tar in an image folder: {".md": 1, ".tar": 1,
+    ".txt": 2}. A file without an extension counts as "(none)".
+    """
+    counts = Counter(
+        extension(entry.path) or "(none)"
+        for entry in entries
+        if entry.type == pafs.FileType.File and extension(entry.path) not in kept
+    )
+    return dict(sorted(counts.items()))
 
 
 def numbered_classes(labels: Iterable[int]) -> list[str]:

@@ -29,11 +29,12 @@ class WebDatasetSource(Source):
     """
 
     kind: ClassVar[str] = "webdataset"
+    member_extensions: ClassVar[tuple[str, ...]] = (".tar",)
 
     @cached_property
     def _records(self) -> list[Record]:
         records = []
-        for entry in self.files((".tar",)):
+        for entry in self.files(self.member_extensions):
             records.extend(self._shard_records(entry))
         return records
 

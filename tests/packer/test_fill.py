@@ -13,6 +13,7 @@ from packer.index import load_index
 from packer.patchify import unpatchify
 from packer.plan import ConfigHistory, EpochPlanner
 from packer.sample_data import write_sample_dataset
+from tests.packer import image_cases as cases
 from tests.packer.image_cases import write_odd_images
 
 CONFIG = PackingConfig(seq_len=256, max_res=192, batch_size=4, pack_window=32)
@@ -86,3 +87,15 @@ def test_a_corrupt_image_lets_the_later_images_of_its_sequence_move_up(odd_datas
         assert set(real.tolist()) == set(range(1, k + 1))
         assert np.all(row[len(real) :] == 0)
     assert batch.num_images == plan.num_images - 1
+
+
+def test_decode_warnings_become_the_images_notes_not_stderr(tmp_path, capfd):
+    from tests.packer.format_cases import corrupt_exif_jpeg
+
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "a" / "exif.jpg").write_bytes(corrupt_exif_jpeg())
+    (tmp_path / "data" / "a" / "plain.jpg").write_bytes(cases.photo_jpeg())
+    _, plans = _plans(tmp_path / "data")
+    notes = [note for plan in plans for note in fill_batch(plan).notes]
+    assert {(n.image_id, n.kind) for n in notes} == {("a/exif.jpg", "corrupt_metadata")}
+    assert capfd.readouterr().err == ""

@@ -14,6 +14,7 @@ from packer.imageio import read_header
 from packer.index import (
     HEADER_BYTES,
     INDEX_SCHEMA,
+    INDEX_VERSION,
     build_index,
     cache_path,
     index_class_names,
@@ -162,7 +163,7 @@ def test_load_index_cache_hit_returns_the_same_table_without_rescanning(
     assert second.equals(first, check_metadata=True)
     metadata = second.schema.metadata
     assert json.loads(metadata[b"navit.class_names"])[0] == "checkers"
-    assert metadata[b"navit.fingerprint"].startswith(b"v1:")
+    assert metadata[b"navit.fingerprint"].startswith(f"v{INDEX_VERSION}:".encode())
 
 
 def test_adding_a_file_invalidates_the_cached_index(tmp_path, counted_builds):
@@ -221,3 +222,28 @@ def test_an_unreadable_parquet_file_is_a_rejected_entry_not_a_crash(folder, tmp_
     assert table.num_rows == 11
     assert index_stats(table)["rejected"] == {"read_error": 1}
     assert "b.parquet/#unreadable" in table.column("image_id").to_pylist()
+
+
+def test_header_rejects_carry_the_readers_message_and_warnings_become_notes(tmp_path, capfd):
+    from packer.index import header_notes, header_reject_details, index_skipped
+    from tests.packer.format_cases import corrupt_exif_jpeg
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "bomb.png").write_bytes(cases.png_header(100_000, 100_000))
+    (tmp_path / "a" / "warned.png").write_bytes(cases.png_header(10_000, 10_000))
+    (tmp_path / "a" / "exif.jpg").write_bytes(corrupt_exif_jpeg())
+    (tmp_path / "a" / "notes.txt").write_text("x")
+    table = build_index(open_source(str(tmp_path)), num_threads=4)
+    ((image_id, reason, detail),) = header_reject_details(table)
+    assert (image_id, reason) == ("a/bomb.png", "decompression_bomb")
+    assert "100000x100000" in detail
+    notes = {(n.image_id, n.kind) for n in header_notes(table)}
+    assert notes == {
+        ("a/warned.png", "decompression_bomb_warning"),
+        ("a/exif.jpg", "corrupt_metadata"),
+    }
+    assert index_skipped(table) == {".txt": 1}
+    stats = index_stats(table)
+    assert stats["skipped"] == {".txt": 1}
+    assert stats["notes"] == {"corrupt_metadata": 1, "decompression_bomb_warning": 1}
+    assert capfd.readouterr().err == ""

@@ -13,6 +13,7 @@ from packer.contract.schema import from_record_batch, to_record_batch
 from packer.fill import fill_batch
 from packer.index import load_index
 from packer.plan import ConfigHistory, EpochPlanner
+from packer.reject_ledger import RejectLedger
 from packer.sample_data import write_sample_dataset
 from packer.simulate import simulate
 from tests.packer.image_cases import write_odd_images
@@ -64,7 +65,8 @@ def test_pack_writes_batches_plain_pyarrow_reads_with_every_image_once_per_epoch
     # Batch files are written atomically: no temporary file is left beside them.
     files = {p.name for p in (tmp_path / "out").rglob("*") if p.is_file()}
     assert files == {p.name for p in (tmp_path / "out").glob("epoch-*/batch-*.arrow")} | {
-        "rejected.jsonl"
+        "rejected.jsonl",
+        "notes.jsonl",
     }
 
 
@@ -121,3 +123,112 @@ def test_stream_filled_yields_every_plan_in_order_as_the_fill_makes_it(sample):
     for encoded, plan in zip(streamed, plans, strict=True):
         assert encoded.config_version == plan.config_version and encoded.rejected == []
         assert encoded.record_batch().equals(to_record_batch(fill_batch(plan).batch))
+
+
+def _listening_sockets(pids: set[int]) -> list[tuple[str, str]]:
+    """(local address, process) of every TCP/UDP socket these processes listen on."""
+    found = []
+    for flags in ("-ltnpH", "-lunpH"):
+        out = subprocess.run(["ss", flags], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if any(f"pid={pid}," in line for pid in pids):
+                fields = line.split()
+                found.append((fields[3], fields[-1]))
+    return found
+
+
+def test_the_embedded_ray_listens_on_loopback_only():
+    import os
+    import shutil
+
+    import psutil
+    import ray
+
+    if shutil.which("ss") is None:
+        pytest.skip("needs `ss` (iproute2) to list listening sockets")
+    # A task makes sure a worker process (which has its own gRPC server) is up.
+    assert ray.get(ray.remote(lambda: os.getpid()).remote()) != os.getpid()
+    me = psutil.Process()
+    pids = {me.pid} | {child.pid for child in me.children(recursive=True)}
+    sockets = _listening_sockets(pids)
+    assert sockets, "Ray's processes listen somewhere; the check must see them"
+    loopback = ("127.", "[::1]", "[::ffff:127.")
+    beyond = [(address, who) for address, who in sockets if not address.startswith(loopback)]
+    assert beyond == []
+
+
+def test_rejected_jsonl_lines_carry_the_decoders_detail(tmp_path):
+    write_odd_images(tmp_path / "odd")
+    _pack(tmp_path / "odd", tmp_path / "out")
+    logged = {
+        row["image_id"]: row
+        for row in map(json.loads, (tmp_path / "out" / "rejected.jsonl").open())
+    }
+    assert "image file is truncated" in logged["bad/truncated.jpg"]["detail"]
+    assert "100000x100000" in logged["bad/bomb.png"]["detail"]
+    assert all(row["detail"] for row in logged.values())
+
+
+def _compared(stats) -> dict:
+    keep = ("images_in", "images_packed", "rejected_by_reason", "sequences", "real_tokens")
+    return {k: stats.to_dict()[k] for k in (*keep, "pad_tokens", "efficiency")}
+
+
+def test_after_a_pack_finds_decode_failures_simulate_predicts_the_next_pack_exactly(tmp_path):
+    write_odd_images(tmp_path / "odd")
+    index, first = _pack(tmp_path / "odd", tmp_path / "first")
+    predicted_before = simulate(index, ConfigHistory.start(CONFIG), ledger=RejectLedger())
+    assert _compared(first) != _compared(predicted_before)  # truncated.jpg failed at fill
+    predicted = simulate(index, ConfigHistory.start(CONFIG))
+    _, second = _pack(tmp_path / "odd", tmp_path / "second")
+    assert _compared(second) == _compared(predicted)
+    logged = [json.loads(line) for line in (tmp_path / "second" / "rejected.jsonl").open()]
+    truncated = [row for row in logged if row["image_id"] == "bad/truncated.jpg"]
+    assert [row["reason"] for row in truncated] == ["truncated"]  # known before planning
+
+
+def test_a_decode_failure_found_in_one_epoch_is_left_out_from_the_next(tmp_path):
+    write_odd_images(tmp_path / "odd")
+    _, stats = _pack(tmp_path / "odd", tmp_path / "out", epochs=2)
+    batches = sorted((tmp_path / "out").glob("epoch-*/batch-*.arrow"))
+    by_epoch: dict[str, list[str]] = {}
+    for path in batches:
+        ids = from_record_batch(pa.ipc.open_file(path).get_batch(0)).image_ids
+        by_epoch.setdefault(path.parent.name, []).extend(ids)
+    assert "bad/truncated.jpg" not in by_epoch["epoch-000"] + by_epoch["epoch-001"]
+    assert stats.rejected["truncated"] == 2  # rejected once per epoch, at fill then at plan
+    # Epoch 0 was planned before the failure was known; replanning it is unchanged.
+    index = load_index(str(tmp_path / "odd"))
+    replanned = EpochPlanner(
+        RejectLedger.for_index(index).apply(index, 0), ConfigHistory.start(CONFIG), 0
+    )
+    assert any("bad/truncated.jpg" in plan.image_ids for plan in replanned.iter_batches())
+
+
+def test_every_file_of_the_format_corpus_is_packed_rejected_with_detail_or_skipped(tmp_path, capfd):
+    from packer.sources.image_folder import IMAGE_EXTENSIONS
+    from tests.packer.format_cases import write_format_corpus
+
+    expected = write_format_corpus(tmp_path / "corpus", IMAGE_EXTENSIONS)
+    capfd.readouterr()
+    index, stats = _pack(tmp_path / "corpus", tmp_path / "out")
+    packed = {i for rb in _read_dir(tmp_path / "out") for i in from_record_batch(rb).image_ids}
+    logged = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").open()]
+    rejected = {row["image_id"]: row["reason"] for row in logged}
+    assert all(row["detail"] for row in logged)
+    skipped = {name for name, e in expected.items() if e.outcome == "skipped"}
+    assert packed == {name for name, e in expected.items() if e.outcome == "packed"}
+    assert rejected == {name: e.reason for name, e in expected.items() if e.outcome == "rejected"}
+    counts: dict[str, int] = {}
+    for name in skipped:
+        ext = Path(name).suffix.lower() or "(none)"
+        counts[ext] = counts.get(ext, 0) + 1
+    assert stats.to_dict()["skipped_by_extension"] == dict(sorted(counts.items()))
+    assert stats.images_in == len(packed) + len(rejected)
+    assert stats.notes["corrupt_metadata"] >= 1  # odd/corrupt_exif.jpg, at decode
+    notes = [json.loads(line) for line in (tmp_path / "out" / "notes.jsonl").open()]
+    assert any(
+        (n["stage"], n["image_id"], n["kind"]) == ("decode", "odd/corrupt_exif.jpg", "corrupt_metadata")
+        for n in notes
+    )
+    assert capfd.readouterr().err == ""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from packer.imageio import RejectedImage, decode_resized
 from packer.sources import open_source
+from packer.sources.image_folder import IMAGE_EXTENSIONS
 from tests.packer import image_cases as cases
+from tests.packer.format_cases import psd_rgb, tiny_image_files
 from tests.packer.sources.source_cases import bytes_by_id
 
 
@@ -35,3 +38,24 @@ def test_images_in_the_root_get_label_minus_one_and_nested_ones_their_class(tmp_
     assert source.class_names == ["a", "b"]
     labels = {r.image_id: r.label for r in source.records()}
     assert labels == {"loose.jpg": -1, "b/deep/x.png": 1}
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        return decode_resized(data, 8, 8).shape == (8, 8, 3)
+    except RejectedImage:
+        return False
+
+
+def test_the_listing_takes_exactly_the_extensions_whose_files_the_decoder_opens():
+    # Decided by trying: a tiny file of every format the installed Pillow writes, under
+    # every extension Pillow registers for it. Not listed: not raster (PDF, EPS), no
+    # signature to trust (TGA) or a weak one (DIB, PCX, SGI); all skipped and counted.
+    files = tiny_image_files()
+    assert {".png", ".jpg", ".dds", ".ico", ".qoi", ".jp2", ".pbm", ".tga"} <= set(files)
+    decoded = {ext for ext, data in files.items() if _decodes(data)}
+    assert decoded == set(files) & set(IMAGE_EXTENSIONS)
+    assert {".dds", ".ico", ".qoi", ".jp2", ".j2k", ".pbm", ".pnm", ".mpo"} <= decoded
+    assert not {".pdf", ".eps", ".ps", ".tga"} & set(IMAGE_EXTENSIONS)
+    # Read-only in Pillow, so made by hand: Photoshop.
+    assert ".psd" in IMAGE_EXTENSIONS and _decodes(psd_rgb())

@@ -1,0 +1,165 @@
+"""Real files of every raster format the installed Pillow writes, broken files, and files
+that are not images: the corpus a folder listing, the decoder and a whole pack must get
+through without a traceback or a line on stderr.
+
+`tiny_image_files()` makes one small file per writable format (in the first mode the
+format accepts); `write_format_corpus(dir)` writes those, the odd cases of
+`image_cases.ODD_CASES`, a few hand-made ones, and stray non-image files as an
+ImageFolder, and returns what each file is (`Expected`).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import tarfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from tests.packer.image_cases import ODD_CASES, encode, photo_jpeg, png_header, quadrant_pattern
+
+# Modes tried in order until the format's writer accepts one.
+_WRITE_MODES = ("RGB", "L", "1", "P", "RGBA")
+
+
+def tiny_image(fmt: str, **params: object) -> bytes | None:
+    """A 24x16 gradient written as `fmt`, or None when the installed Pillow cannot write
+    it (no save handler, or no mode it takes)."""
+    pixels = (np.arange(16 * 24 * 3).reshape(16, 24, 3) % 251).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    for mode in _WRITE_MODES:
+        buffer = io.BytesIO()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                image.convert(mode).save(buffer, fmt, **params)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        return buffer.getvalue()
+    return None
+
+
+def tiny_image_files() -> dict[str, bytes]:
+    """{".ext": bytes} for every extension Pillow registers for a format it can write."""
+    files = {}
+    for ext, fmt in sorted(Image.registered_extensions().items()):
+        if fmt in Image.SAVE and (data := tiny_image(fmt)) is not None:
+            files[ext] = data
+    return files
+
+
+def psd_rgb(width: int = 24, height: int = 16) -> bytes:
+    """A minimal uncompressed 8-bit RGB Photoshop file (Pillow reads PSD, never writes it)."""
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3)
+    planes = quadrant_pattern(width, height).transpose(2, 0, 1).tobytes()
+    # colour mode data, image resources, layer and mask info: all empty; then raw planes
+    return header + struct.pack(">III", 0, 0, 0) + struct.pack(">H", 0) + planes
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("P", (20, 12), color) for color in (1, 2, 3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=50)
+    return buffer.getvalue()
+
+
+def mpo_two_frames() -> bytes:
+    image = Image.fromarray(quadrant_pattern(24, 16))
+    return encode(image, "MPO", save_all=True, append_images=[image])
+
+
+def tiff_16_bit() -> bytes:
+    return encode(Image.fromarray(np.tile(np.arange(0, 65535, 2048, np.uint16), (8, 1))), "TIFF")
+
+
+def corrupt_exif_jpeg() -> bytes:
+    """A JPEG whose EXIF names a 100-byte description past its end: Pillow warns "Tag
+    data larger than file" and reads the image anyway."""
+    tiff = (
+        b"II*\x00"
+        + struct.pack("<IH", 8, 1)
+        + struct.pack("<HHII", 0x010E, 2, 100, 60)
+        + struct.pack("<I", 0)
+    )
+    image = Image.fromarray(quadrant_pattern(24, 16))
+    return encode(image, "JPEG", exif=b"Exif\x00\x00" + tiff)
+
+
+def webdataset_tar() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        data = photo_jpeg(16, 16)
+        info = tarfile.TarInfo("000.jpg")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def parquet_file() -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"image": pa.array([photo_jpeg(16, 16)], pa.binary())}), sink)
+    return sink.getvalue().to_pybytes()
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What must become of one corpus file: "packed", "rejected" (with `reason`, from
+    the header scan or the fill) or "skipped" (counted under its extension)."""
+
+    outcome: str
+    reason: str | None = None
+
+
+# Hand-made cases: relative path -> (bytes builder, expected outcome)
+_HAND_MADE = {
+    "formats/photoshop.psd": (psd_rgb, Expected("packed")),
+    "formats/animated.gif": (animated_gif, Expected("packed")),
+    "formats/two_frames.mpo": (mpo_two_frames, Expected("packed")),
+    "formats/gray16.tiff": (tiff_16_bit, Expected("packed")),
+    "odd/corrupt_exif.jpg": (corrupt_exif_jpeg, Expected("packed")),
+    "odd/zero_bytes.png": (lambda: b"", Expected("rejected", "empty")),
+    "odd/text_named.jpg": (
+        lambda: b"hello, not a picture\n" * 4,
+        Expected("rejected", "not_an_image"),
+    ),
+    "odd/bomb_header.png": (
+        lambda: png_header(30_000, 30_000),
+        Expected("rejected", "decompression_bomb"),
+    ),
+    "stray/notes.txt": (lambda: b"three\nlines\nhere\n", Expected("skipped")),
+    "stray/README": (lambda: b"no extension", Expected("skipped")),
+    "stray/shard.tar": (webdataset_tar, Expected("skipped")),
+    "stray/table.parquet": (parquet_file, Expected("skipped")),
+    "stray/document.pdf": (lambda: tiny_image("PDF") or b"%PDF-1.4", Expected("skipped")),
+}
+
+
+def write_format_corpus(directory: Path, image_extensions: tuple[str, ...]) -> dict[str, Expected]:
+    """Write the corpus under `directory` as an ImageFolder; {relative path: Expected}.
+
+    Files of every writable format go to formats/: packed when the listing takes their
+    extension (`image_extensions`), else skipped. The odd images of image_cases go to
+    odd/ with their reasons.
+    """
+    directory = Path(directory)
+    cases: dict[str, tuple[bytes, Expected]] = {}
+    for ext, data in tiny_image_files().items():
+        packed = ext in image_extensions
+        cases[f"formats/tiny{ext}"] = (data, Expected("packed" if packed else "skipped"))
+    for relative, (build, reason) in ODD_CASES.items():
+        name = relative.replace("/", "_")
+        expected = Expected("packed") if reason is None else Expected("rejected", reason)
+        cases[f"odd/{name}"] = (build(), expected)
+    for relative, (build, expected) in _HAND_MADE.items():
+        cases[relative] = (build(), expected)
+    for relative, (data, _) in cases.items():
+        path = directory / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return {relative: expected for relative, (_, expected) in cases.items()}
