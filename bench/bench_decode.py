@@ -48,6 +48,7 @@ from packer.resize import orient_pixels, resize_pixels
 from packer.sampling import image_keys, sample_resolutions, target_grids
 
 PATCH = 16
+STAGES = ("read", "decode", "resize", "patchify_into_slot")
 CONFIG = PackingConfig()
 
 
@@ -194,7 +195,7 @@ def _ours_staged(item: Item, slots: np.ndarray, stages: dict[str, float]) -> np.
     out = patchify(pixels, PATCH, out=_slot(item, slots))
     t4 = clock()
     for stage, seconds in zip(
-        ("read", "decode", "resize", "patchify_into_slot"),
+        STAGES,
         (t1 - t0, t2 - t1, t3 - t2, t4 - t3),
         strict=True,
     ):
@@ -214,7 +215,7 @@ def _pillow_staged(item: Item, slots: np.ndarray, stages: dict[str, float]) -> n
     out = patchify(pixels, PATCH, out=_slot(item, slots))
     t4 = clock()
     for stage, seconds in zip(
-        ("read", "decode", "resize", "patchify_into_slot"),
+        STAGES,
         (t1 - t0, t2 - t1, t3 - t2, t4 - t3),
         strict=True,
     ):
@@ -231,7 +232,7 @@ def _run(fn, items: list[Item], slots: np.ndarray) -> float:
 
 
 def _staged(fn, items: list[Item], slots: np.ndarray) -> dict[str, float]:
-    stages = dict.fromkeys(("read", "decode", "resize", "patchify_into_slot"), 0.0)
+    stages = dict.fromkeys(STAGES, 0.0)
     for item in items:
         fn(item, slots, stages)
     return {k: 1e3 * v / len(items) for k, v in stages.items()}
@@ -283,6 +284,10 @@ def measure(name: str, items: list[Item], rounds: int, pool) -> dict:
     slots = np.empty((CONFIG.max_tokens_per_image, CONFIG.patch_dim), np.uint8)
     for fn in PATHS.values():  # warm: page cache, imports, lazy init
         _run(fn, items[:4], slots)
+    for item in items[:8]:  # the stage-by-stage pass must be the same work as ours
+        staged = _ours_staged(item, slots, dict.fromkeys(STAGES, 0.0)).copy()
+        ours(item, slots)
+        assert np.array_equal(staged, _slot(item, slots)), item
     runs = {k: [] for k in PATHS}
     stages = {"ours": [], "pillow": []}
     digests = set()
