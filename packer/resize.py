@@ -18,7 +18,7 @@ OpenCV's resize gives the same bytes on every run and thread count (each output 
 computed alone); its pool is set to one thread at import, because the packer already
 runs one image per core and a second pool per worker would only oversubscribe them.
 OpenCV does not promise INTER_LINEAR bit-exact across builds and CPU instruction sets
-(INTER_LINEAR_EXACT does, at about three times the cost), so a batch regenerated on a
+(INTER_LINEAR_EXACT does, but costs several times as much), so a batch regenerated on a
 machine with another OpenCV build may differ by one level in places; the same machine
 and wheels give the same bytes.
 """
