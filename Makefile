@@ -7,7 +7,7 @@ SAMPLE := data/sample
 SAMPLE_IMAGES ?= 400
 STEPS ?= 300
 
-.PHONY: venv test compose-test pretrain bench lint format test-tools clean
+.PHONY: venv test compose-test pretrain bench gpu-check lint format test-tools clean
 
 # torch is pinned and installed first: a bare `torch` requirement with no torch
 # installed would pull several GB of CUDA packages.
@@ -63,6 +63,16 @@ bench: venv
 	$(BIN)/python bench/bench_pipeline.py
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_service.py
+
+# The GPU side in one go on a CUDA host (bench/gpu_check.sh): the trainer's tests on CUDA,
+# flex attention against SDPA, bf16 steps of s16 and b16, packed vs padded vs vit-pytorch,
+# and the data-wait share with the service streaming. Results in $(GPU_CHECK_OUT)/.
+# Exits 2 with one line where no CUDA device is present.
+GPU_CHECK_OUT ?= runs/gpu-check
+gpu-check: venv
+	$(BIN)/pip install --quiet --no-deps vit-pytorch einops || \
+	  echo "warning: no vit-pytorch; gpu-check skips its NaViT baseline"
+	PYTHON=$(BIN)/python bash bench/gpu_check.sh $(GPU_CHECK_OUT)
 
 lint: venv
 	$(BIN)/ruff check .

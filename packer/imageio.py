@@ -10,6 +10,10 @@ width 192, height 256 and gets a portrait array of shape [256, 192, 3].
 Every failure is a `RejectedImage` with a short reason code, so the fill step can count
 rejected images by reason instead of crashing a job on one bad file.
 
+JPEGs in RGB or L go from libjpeg-turbo (simplejpeg) straight into an array; every other
+image is decoded by Pillow. Either way the array is resized by `packer.resize` (OpenCV),
+except images with alpha, which Pillow resizes premultiplied.
+
 Transparent pixels are composited on WHITE (the background most logos, icons and
 screenshots with alpha were drawn for; black would make black-on-transparent art vanish).
 """
@@ -22,7 +26,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
+
+from packer.resize import orient_pixels, resize_pixels
 
 # Pillow's default decompression-bomb error limit (2 * Image.MAX_IMAGE_PIXELS), applied
 # by us from the header whatever Pillow's global limit or the warning filters are.
@@ -72,23 +79,14 @@ _FORMATS = tuple(name for name in _WANTED_FORMATS if name in Image.OPEN)
 DECODED_FORMATS = _FORMATS + (("MPO",) if "JPEG" in _FORMATS else ())
 
 _ORIENTATION_TAG = 0x0112
-# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 _SWAPS_SIDES = frozenset((5, 6, 7, 8))
 # JPEG start-of-frame markers (SOF0..SOF15 less DHT C4, JPG C8 and DAC CC).
 _SOF_MARKERS = frozenset(
     (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
 )
 
-# Bilinear with Pillow's antialiasing (its support widens with the downscale factor).
+# Images with alpha only (the rest go through packer.resize): bilinear with Pillow's
+# antialiasing (its support widens with the downscale factor), premultiplied by alpha.
 _RESAMPLE = Image.Resampling.BILINEAR
 # Downscale by an integer factor with a box filter first while the image is at least this
 # many times the target; Pillow documents 3.0 as indistinguishable from a plain resize.
@@ -155,23 +153,76 @@ def decode_resized(data: bytes, width: int, height: int) -> np.ndarray:
         raise ValueError(f"target size must be positive, got {width}x{height}")
     with _failures_as_rejections():
         image, orientation = _open(data)
+        # Resize in the stored frame, then orient the small result: cheaper than
+        # orienting the full-size image and the same pixels.
         swap = orientation in _SWAPS_SIDES
-        # Resize in the stored frame, then transpose the small result: cheaper than
-        # transposing the full-size image and the same pixels.
-        stored_size = (height, width) if swap else (width, height)
-        if image.format in ("JPEG", "MPO"):
-            # Pillow picks the largest DCT scale that keeps both sides >= stored_size.
-            image.draft("RGB", stored_size)
-        _load(image)
-        image = _to_working_mode(image)
-        if image.size != stored_size:
-            image = image.resize(stored_size, _RESAMPLE, reducing_gap=_REDUCING_GAP)
-        if orientation in _TRANSPOSE:
-            image = image.transpose(_TRANSPOSE[orientation])
-        pixels = _to_rgb_array(image)
+        stored_w, stored_h = (height, width) if swap else (width, height)
+        pixels = _decode_jpeg_scaled(data, image, stored_w, stored_h)
+        if pixels is None:
+            pixels = _decode_with_pillow(image, stored_w, stored_h)
+        pixels = orient_pixels(resize_pixels(pixels, stored_w, stored_h), orientation)
+        if pixels.ndim == 2:  # grayscale: resized as one channel, a third of the work
+            pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+        elif not (pixels.flags.c_contiguous and pixels.flags.writeable):
+            pixels = np.array(pixels, dtype=np.uint8, order="C")
     if pixels.shape != (height, width, 3):  # pragma: no cover - a bug, not a bad image
         raise RejectedImage("decode_error", f"decoded to {pixels.shape}, want {height}x{width}")
     return pixels
+
+
+def _dct_scale(size: tuple[int, int], target: tuple[int, int]) -> int:
+    """Pillow's draft rule: the largest of 8, 4, 2, 1 keeping both sides >= the target.
+
+    A 3000x2000 JPEG bound for 448x288 gets scale 4 (750x500): 1/8 would give 375x250.
+    """
+    most = min(size[0] // target[0], size[1] // target[1])
+    return next((s for s in (8, 4, 2) if most >= s), 1)
+
+
+def _decode_jpeg_scaled(
+    data: bytes, image: Image.Image, width: int, height: int
+) -> np.ndarray | None:
+    """A baseline JPEG (RGB or L) decoded by libjpeg-turbo straight into an array.
+
+    The same DCT scale and the same pixels as Pillow's draft + load (both are
+    libjpeg-turbo's scaled IDCT with fancy upsampling), without Pillow's copy into and
+    out of its own image memory. None for every other image, and for any JPEG that
+    libjpeg-turbo decodes only with a warning: Pillow then decodes it as before (it
+    skips recoverable warnings and names a truncation), so bad input behaves the same.
+    """
+    if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+        return None
+    scale = _dct_scale(image.size, (width, height))
+    full_w, full_h = image.size
+    gray = image.mode == "L"
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            data,
+            "GRAY" if gray else "RGB",
+            min_width=-(-full_w // scale),
+            min_height=-(-full_h // scale),
+            strict=True,
+        )
+    except ValueError:
+        return None
+    return pixels[:, :, 0] if gray else pixels
+
+
+def _decode_with_pillow(image: Image.Image, width: int, height: int) -> np.ndarray:
+    """[H, W] (gray) or [H, W, 3] uint8 from Pillow, for every image the JPEG path declines.
+
+    Images with alpha are resized here by Pillow, which premultiplies by alpha, and then
+    composited on white, so they come back at (width, height) already.
+    """
+    if image.format in ("JPEG", "MPO"):
+        image.draft("RGB", (width, height))
+    _load(image)
+    image = _to_working_mode(image)
+    if image.mode in ("L", "RGB"):
+        return np.asarray(image)
+    if image.size != (width, height):
+        image = image.resize((width, height), _RESAMPLE, reducing_gap=_REDUCING_GAP)
+    return _to_rgb_array(image)
 
 
 def _open(data: bytes) -> tuple[Image.Image, int]:
@@ -334,12 +385,8 @@ def _high_depth_to_uint8(image: Image.Image, mode: str) -> np.ndarray:
 
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:
-    """L, LA, RGB or RGBA -> [H, W, 3] uint8, alpha composited on white."""
+    """LA or RGBA -> [H, W, 3] uint8, alpha composited on white."""
     pixels = np.asarray(image)
-    if image.mode == "RGB":
-        return np.array(pixels, dtype=np.uint8, copy=True)
-    if image.mode == "L":
-        return np.repeat(pixels[:, :, None], 3, axis=2)
     color = pixels[:, :, :-1].astype(np.uint16)
     alpha = pixels[:, :, -1:].astype(np.uint16)
     # c * a/255 + 255 * (1 - a/255), rounded: a=0 gives 255 (white), a=255 gives c.
