@@ -228,7 +228,8 @@ def test_every_file_of_the_format_corpus_is_packed_rejected_with_detail_or_skipp
     assert stats.notes["corrupt_metadata"] >= 1  # odd/corrupt_exif.jpg, at decode
     notes = [json.loads(line) for line in (tmp_path / "out" / "notes.jsonl").open()]
     assert any(
-        (n["stage"], n["image_id"], n["kind"]) == ("decode", "odd/corrupt_exif.jpg", "corrupt_metadata")
+        (n["stage"], n["image_id"], n["kind"])
+        == ("decode", "odd/corrupt_exif.jpg", "corrupt_metadata")
         for n in notes
     )
     assert capfd.readouterr().err == ""

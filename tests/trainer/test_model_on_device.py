@@ -14,8 +14,8 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.trainer.trainer_synthetic import make_batch
 
+from tests.trainer.trainer_synthetic import make_batch
 from trainer.data import to_device
 from trainer.model import (
     MODEL_INPUTS,
