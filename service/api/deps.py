@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from packer.config import ConfigError
 from packer.contract.auth import AUTH_HEADER, bearer_matches
+from service.api.request_guard import UNAUTHORIZED_DETAIL
 from service.job import ServiceJob
 
 _bearer = HTTPBearer(auto_error=False, description="the service token (--token-file, NAVIT_TOKEN)")
@@ -41,7 +42,7 @@ async def require_token(
     if not bearer_matches(request.headers.get(AUTH_HEADER), expected):
         raise HTTPException(
             401,
-            "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+            UNAUTHORIZED_DETAIL,
             headers={"WWW-Authenticate": "Bearer"},
         )
 
