@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pydantic
 
-from deploy.cli import UsageError
+from deploy.cli import UsageError, one_line
 from deploy.cli.data import add_config_arguments
 from deploy.ready_file import ReadyFile
 from packer.config import ConfigError
@@ -107,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         # A wrong dataset path, a bad token file, a state dir of another dataset.
         raise UsageError(str(error)) from None
+    except OSError as error:
+        # A port in use, a state dir that cannot be written: fixed by other flags.
+        raise UsageError(f"cannot start the service: {one_line(error)}") from None
     # After start_service: ray.init installs its own SIGTERM handler, which would exit
     # without stopping the streams and saving the cursors.
     stop = threading.Event()
