@@ -87,7 +87,8 @@ class EpochPlanners:
         """(image_id, reason, detail) of the images `epoch` leaves out of its plan: an
         unreadable header, or a decode failure found in an earlier epoch."""
         with self._lock:
-            return header_reject_details(self.epoch_index(epoch))
+            # The planner's own table: exactly what its plan leaves out.
+            return header_reject_details(self._planner(epoch).index)
 
     def record_rejects(self, rejected: list[tuple[str, str, str]]) -> int:
         """Remember images the fill rejected, from the first epoch not yet planned;
