@@ -218,7 +218,7 @@ def pack_to_dir(
     history: ConfigHistory,
     out_dir: str | Path,
     epochs: int = 1,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[int, PackingStats], None] | None = None,
     concurrency: int | None = None,
     plans_per_block: int | None = None,
     ledger: RejectLedger | None = None,
@@ -230,7 +230,8 @@ def pack_to_dir(
     workers fill and write, and the driver only merges stats. `plans_per_block` (default:
     up to 4 while every CPU still gets 8 blocks) trades Ray Data's per-task overhead
     against balance (the rates of 1, 2 and 4: see bench/RESULTS.md). `on_batch` is called
-    with each written batch's index; `concurrency` caps the fill tasks at once.
+    with each written batch's index and the stats so far (a progress display reads
+    them); `concurrency` caps the fill tasks at once.
 
     Writes `rejected.jsonl` (one line per rejected image and epoch: epoch, image_id,
     reason, detail) and `notes.jsonl` (one line per Pillow warning: the header scan's
@@ -290,7 +291,7 @@ def pack_to_dir(
                     line = {"epoch": epoch, "stage": "decode", **note}
                     notes_log.write(json.dumps(line) + "\n")
                 if on_batch is not None:
-                    on_batch(int(row["batch"]))
+                    on_batch(int(row["batch"]), stats)
             # Epochs up to this one are planned: what its fill found applies from the next.
             ledger.record(sorted(fill_rejects), effective_epoch=epoch + 1)
     stats.elapsed_s = time.perf_counter() - started

@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,11 @@ class LiveStats:
         self._delivered = _Bucket(start=0.0)
         self._first_delivery: float | None = None
 
+    def add_skipped(self, skipped_by_extension: dict[str, int]) -> None:
+        """The dataset's files that are not dataset files, once per job."""
+        with self._lock:
+            self._total.add_skipped(skipped_by_extension)
+
     def add_header_rejected(self, epoch: int, reasons: list[str]) -> None:
         """Images whose headers could not be read: rejected once per epoch."""
         with self._lock:
@@ -68,6 +74,7 @@ class LiveStats:
         rejected_reasons: list[str],
         nbytes: int,
         now: float | None = None,
+        notes: Iterable[str] = (),
     ) -> None:
         now = time.time() if now is None else now
         k = packed.images_per_seq
@@ -78,9 +85,9 @@ class LiveStats:
             counted = self._counted.setdefault(plan.epoch, set())
             if plan.batch not in counted:
                 counted.add(plan.batch)
-                self._total.add_filled(plan, packed, rejected_reasons)
+                self._total.add_filled(plan, packed, rejected_reasons, notes)
                 version = self._by_version.setdefault(plan.config_version, PackingStats())
-                version.add_filled(plan, packed, rejected_reasons)
+                version.add_filled(plan, packed, rejected_reasons, notes)
                 # Keep the dedup sets of the last few epochs only: memory stays bounded.
                 for old in sorted(self._counted)[:-4]:
                     del self._counted[old]

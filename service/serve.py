@@ -46,6 +46,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _server_log_level(settings: ServiceSettings) -> str:
+    """uvicorn's level: its start-up and shutdown lines (INFO) only when verbose (or
+    with log_level debug)."""
+    level = settings.log_level.lower()
+    return "warning" if level == "info" and not settings.verbose else level
+
+
 class _ApiServer:
     """uvicorn on a pre-bound socket, in a thread (so port 0 gives its real port at once)."""
 
@@ -54,7 +61,7 @@ class _ApiServer:
         self.port = self.socket.getsockname()[1]
         config = uvicorn.Config(
             app,
-            log_level=settings.log_level.lower(),
+            log_level=_server_log_level(settings),
             ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
             ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
             access_log=False,
@@ -187,7 +194,7 @@ def start_service(
         from packer.pipeline import init_ray
 
         owns_ray = not ray.is_initialized()
-        init_ray(settings.ray_address, settings.ray_num_cpus)
+        init_ray(settings.ray_address, settings.ray_num_cpus, verbose=settings.verbose)
         state = StateStore(settings.state_dir)
         options = JobOptions(
             max_in_flight=settings.max_in_flight,

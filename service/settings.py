@@ -50,6 +50,9 @@ class ServiceSettings(BaseSettings):
     )
     shutdown_timeout_s: float = Field(10.0, gt=0)
     log_level: str = "info"
+    verbose: bool = Field(
+        False, description="show Ray's and uvicorn's start-up lines (hidden by default)"
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServiceSettings:

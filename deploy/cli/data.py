@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from deploy.cli import UsageError
+from deploy.cli.pack_progress import PackProgress, summary_lines
 from packer.config import PackingConfig
 from packer.plan import ConfigHistory
 
@@ -55,17 +56,26 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the stats as JSON only")
 
 
+def check_epochs(epochs: int) -> None:
+    if epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {epochs}")
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     from packer.index import load_index
+    from packer.reject_ledger import RejectLedger
     from packer.simulate import simulate
 
+    check_epochs(args.epochs)
     config = config_from_args(args)
     index = load_index(args.dataset)
-    stats = simulate(index, ConfigHistory.start(config), args.epochs).to_dict()
+    ledger = RejectLedger.for_index(index)
+    stats = simulate(index, ConfigHistory.start(config), args.epochs, ledger=ledger).to_dict()
     if args.json:
         print(json.dumps(stats, indent=2))
     else:
-        _print_stats("simulated (from headers, no pixels decoded)", stats, throughput=False)
+        title = "simulated (from headers, no pixels decoded)"
+        print("\n".join(summary_lines(title, stats, known_failures=len(ledger))))
     return 0
 
 
@@ -79,38 +89,44 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency", type=int, default=None, help="fill tasks at once (default: all CPUs)"
     )
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no live line on a terminal")
     parser.add_argument("--json", action="store_true", help="print the stats as JSON only")
 
 
 def run_pack(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from packer.index import index_class_names, index_stats, load_index
     from packer.pipeline import init_ray, pack_to_dir
+    from packer.simulate import simulate
 
+    check_epochs(args.epochs)
     config = config_from_args(args)
     index = load_index(args.dataset)
-    init_ray(args.ray_address, args.num_cpus)
     history = ConfigHistory.start(config)
-    progress = tqdm(
-        total=None, unit="batch", disable=args.no_progress or None, file=sys.stderr, desc="pack"
-    )
-
-    def on_batch(batch: int) -> None:
-        progress.update(1)
-
-    stats = pack_to_dir(
-        index, history, args.out, args.epochs, on_batch=on_batch, concurrency=args.concurrency
-    ).to_dict()
-    progress.close()
+    # The planner alone, before any pixel: what the pack should deliver (the live line's
+    # total, and the summary's "predicted").
+    predicted = simulate(index, history, args.epochs).to_dict()
+    args.out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before Ray
+    init_ray(args.ray_address, args.num_cpus, verbose=args.verbose)
+    progress = PackProgress(predicted["images_in"], enabled=not args.no_progress)
+    try:
+        stats = pack_to_dir(
+            index,
+            history,
+            args.out,
+            args.epochs,
+            on_batch=lambda _, so_far: progress.update(so_far),
+            concurrency=args.concurrency,
+        ).to_dict()
+    finally:
+        progress.close()
     report = {
         "dataset": str(args.dataset),
         "epochs": args.epochs,
         "config_version": history.latest.version,
         "config": config.to_dict(),
         "index": index_stats(index),
-        "stats": stats,
+        "predicted": predicted,
+        "delivered": stats,
     }
     (args.out / "stats.json").write_text(json.dumps(report, indent=2))
     class_names = index_class_names(index)
@@ -120,24 +136,6 @@ def run_pack(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
     else:
-        _print_stats(f"packed into {args.out}", stats)
+        epochs = f"{args.epochs} epoch{'s' * (args.epochs != 1)}"
+        print("\n".join(summary_lines(f"packed into {args.out} ({epochs})", stats, predicted)))
     return 0
-
-
-def _print_stats(title: str, stats: dict, throughput: bool = True) -> None:
-    print(f"{title}:")
-    print(
-        f"  images: {stats['images_in']} in, {stats['images_packed']} packed, "
-        f"{stats['images_rejected']} rejected {stats['rejected_by_reason'] or ''}".rstrip()
-    )
-    print(
-        f"  sequences: {stats['sequences']} in {stats['batches']} batches, "
-        f"{stats['images_per_sequence_mean']} images and "
-        f"{stats['tokens_per_image_mean']} tokens per image on average"
-    )
-    print(
-        f"  efficiency: {100 * stats['efficiency']:.2f}% "
-        f"({stats['real_tokens']} real / {stats['pad_tokens']} pad tokens)"
-    )
-    if throughput and stats.get("images_per_s"):
-        print(f"  throughput: {stats['images_per_s']} images/s, {stats['tokens_per_s']} tokens/s")

@@ -71,6 +71,7 @@ def options_from_args(args: argparse.Namespace) -> PretrainOptions:
         ray_address=args.ray_address,
         max_restarts=args.max_restarts,
         progress=not args.no_progress,
+        verbose=getattr(args, "verbose", False),
         overrides=tuple(args.overrides or ()),
         config_file=args.config,
         training={name: getattr(args, name) for name in TRAINER_FIELDS},

@@ -15,10 +15,12 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 
+import pydantic
+
+from deploy.cli import UsageError, one_line
 from deploy.cli.data import add_config_arguments
 from deploy.ready_file import ReadyFile
 from packer.config import ConfigError
@@ -75,8 +77,22 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         "log_level": args.log_level,
         "config_file": getattr(args, "config", None),
         "config_overrides": list(getattr(args, "overrides", []) or []) or None,
+        "verbose": True if getattr(args, "verbose", False) else None,
     }
-    return ServiceSettings(**{k: v for k, v in values.items() if v is not None})
+    try:
+        return ServiceSettings(**{k: v for k, v in values.items() if v is not None})
+    except pydantic.ValidationError as error:
+        raise UsageError(f"invalid setting {settings_problems(error)}") from None
+
+
+def settings_problems(error: pydantic.ValidationError) -> str:
+    """The problems of a ServiceSettings as one line: "api_port: Input should be less
+    than or equal to 65535 (got 70000); ..." (a NAVIT_* variable, or a flag)."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+        + (f" (got {str(e['input'])[:40]})" if e["loc"] else "")
+        for e in error.errors(include_url=False)
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,10 +104,12 @@ def run(args: argparse.Namespace) -> int:
         handle = start_service(settings)
     except ConfigError:
         raise  # the CLI prints it as an invalid config
-    except (ValueError, OSError) as error:
-        # A missing dataset, a state dir of another dataset, a port in use: say so plainly.
-        print(f"navit serve: {error}", file=sys.stderr)
-        return 2
+    except ValueError as error:
+        # A wrong dataset path, a bad token file, a state dir of another dataset.
+        raise UsageError(str(error)) from None
+    except OSError as error:
+        # A port in use, a state dir that cannot be written: fixed by other flags.
+        raise UsageError(f"cannot start the service: {one_line(error)}") from None
     # After start_service: ray.init installs its own SIGTERM handler, which would exit
     # without stopping the streams and saving the cursors.
     stop = threading.Event()

@@ -50,6 +50,7 @@ class PretrainOptions:
     ray_address: str | None = None  # a Ray cluster instead of a local Ray
     max_restarts: int = 3  # restarts of failed trainers
     progress: bool = True  # a progress bar (False: a plain status line every 10 s)
+    verbose: bool = False  # the service shows Ray's start-up lines (in its log)
     overrides: tuple[str, ...] = ()  # packing config KEY=VALUE
     config_file: Path | None = None  # packing config JSON
     training: Mapping[str, Any] = field(default_factory=dict)  # TRAINER_FIELDS values

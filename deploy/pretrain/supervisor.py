@@ -175,6 +175,7 @@ class Pretrain:
         ready_path = self.run_dir / READY_FILE
         ready_path.unlink(missing_ok=True)  # one a crashed run left must not count
         argv = navit(
+            *(["--verbose"] if o.verbose else []),
             "serve",
             o.dataset,
             f"--host={o.host}",

@@ -17,7 +17,7 @@ import pyarrow as pa
 from packer.config import PackingConfig
 from packer.contract.cursor import Cursor
 from packer.contract.schema import packed_schema
-from packer.index import header_rejects
+from packer.index import header_rejects, index_skipped
 from packer.plan import ConfigHistory, ConfigVersion
 from service.batch_source import OutgoingBatch
 from service.job import status
@@ -51,6 +51,7 @@ class ServiceJob:
         self.num_images = index.num_rows
         self.num_valid_images = index.num_rows - len(rejects)
         self.stats = LiveStats()
+        self.stats.add_skipped(index_skipped(index))
         self.config_control = ConfigControl(
             index, config, state, dataset=dataset, options=self.options
         )
@@ -62,7 +63,6 @@ class ServiceJob:
             self.stats,
             self.recent,
             max_in_flight=self.options.max_in_flight,
-            header_rejects=rejects,
             max_world_size=self.options.max_world_size,
             fill=fill,
         )

@@ -8,6 +8,13 @@ holds no rank up behind another's slow trainer.
 The planned frontier (per epoch, the first window not planned yet) is persisted before a
 plan leaves: a window whose batches may have been sent must never be re-planned with
 another config after a restart, so a config change starts at or after it.
+
+Images whose header read but whose pixels did not decode are recorded in the index's
+reject ledger (packer.reject_ledger) as the fill finds them, effective from the first
+epoch no planner has planned yet, and each epoch plans from `ledger.apply(index, epoch,
+job_start)`: an epoch's plan never changes once made, a restart on the same state dir
+(which keeps `job_start`, the ledger's length when the job was created) plans every
+epoch as before, and the next epoch leaves the failures out.
 """
 
 from __future__ import annotations
@@ -19,25 +26,47 @@ import pyarrow as pa
 
 from packer.config import PackingConfig
 from packer.contract.cursor import Cursor, TicketError
+from packer.index import header_reject_details
 from packer.plan import BatchPlan, ConfigHistory, ConfigVersion, EpochPlanner
+from packer.reject_ledger import RejectLedger
 from service.state import StateStore
 
 # Planners are cheap to rebuild (deterministic), so only the latest few epochs are kept.
 _PLANNERS_KEPT = 4
 
+# State-store meta key: the reject ledger's length when this job was created.
+LEDGER_START_KEY = "reject_ledger_start"
+
 
 class EpochPlanners:
     """The planner of each epoch in use, over one index and one config history."""
 
-    def __init__(self, index: pa.Table, history: ConfigHistory, state: StateStore) -> None:
+    def __init__(
+        self,
+        index: pa.Table,
+        history: ConfigHistory,
+        state: StateStore,
+        ledger: RejectLedger | None = None,
+    ) -> None:
         self.index = index
         self.history = history
         self._state = state
+        self.ledger = ledger if ledger is not None else RejectLedger.for_index(index)
+        stored = state.get_meta(LEDGER_START_KEY)
+        if stored is None:
+            # A new job: the failures known now apply to all of its epochs.
+            self.job_start = len(self.ledger)
+            state.set_meta(LEDGER_START_KEY, str(self.job_start))
+        else:
+            self.job_start = int(stored)
         # Guards the planners, the history's entries and the frontier: a planner reads
         # the history when it plans a window, so an append must not interleave with it.
         self._lock = threading.RLock()
         self._planners: OrderedDict[int, EpochPlanner] = OrderedDict()
         self._frontier = state.frontier()
+        # The highest epoch any planner has planned, here or before a restart (its
+        # frontier): a reject found now applies from the epoch after it.
+        self._planned_epoch = max(self._frontier, default=-1)
 
     def plan(self, cursor: Cursor) -> BatchPlan | None:
         """The plan of the batch `cursor` asks for next; None past the end of its epoch."""
@@ -49,6 +78,26 @@ class EpochPlanners:
                 self._frontier[cursor.epoch] = planner.next_window
                 self._state.advance_frontier(cursor.epoch, planner.next_window)
             return plan
+
+    def epoch_index(self, epoch: int) -> pa.Table:
+        """The index `epoch` plans from: the ledger's rejects of that epoch applied."""
+        return self.ledger.apply(self.index, epoch, self.job_start)
+
+    def rejected_before_planning(self, epoch: int) -> list[tuple[str, str, str]]:
+        """(image_id, reason, detail) of the images `epoch` leaves out of its plan: an
+        unreadable header, or a decode failure found in an earlier epoch."""
+        with self._lock:
+            # The planner's own table: exactly what its plan leaves out.
+            return header_reject_details(self._planner(epoch).index)
+
+    def record_rejects(self, rejected: list[tuple[str, str, str]]) -> int:
+        """Remember images the fill rejected, from the first epoch not yet planned;
+        returns how many were new."""
+        if not rejected:
+            return 0
+        with self._lock:
+            # Under the lock: no planner of a later epoch is made while this records.
+            return self.ledger.record(rejected, effective_epoch=self._planned_epoch + 1)
 
     def check_epoch(self, epoch: int) -> None:
         """Refuse an epoch more than one past the furthest planned (TicketError)."""
@@ -84,8 +133,9 @@ class EpochPlanners:
         """The shared planner of `epoch` (call with the lock held)."""
         planner = self._planners.get(epoch)
         if planner is None:
-            planner = EpochPlanner(self.index, self.history, epoch)
+            planner = EpochPlanner(self.epoch_index(epoch), self.history, epoch)
             self._planners[epoch] = planner
+            self._planned_epoch = max(self._planned_epoch, epoch)
             while len(self._planners) > _PLANNERS_KEPT:
                 self._planners.popitem(last=False)
         else:

@@ -206,6 +206,8 @@ def summary(job: ServiceJob, now: float) -> dict[str, Any]:
             for v, s in by_version.items()
         ],
         "rejected_by_reason": packing["rejected_by_reason"],
+        "notes": packing["notes"],
+        "skipped_by_extension": packing["skipped_by_extension"],
         "ranks": job.rank_positions(now),
         "streams": {
             "active": active,

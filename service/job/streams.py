@@ -46,14 +46,14 @@ from service.live_stats import LiveStats
 from service.state import CursorRecord, StateStore
 
 if TYPE_CHECKING:
-    from packer.pipeline import FilledBatch
+    from packer.pipeline import EncodedBatch
 
 log = logging.getLogger("navit.service")
 
 _CLOSED_STREAMS_KEPT = 32
 
 # stream_filled's shape: (plans, max_in_flight) -> filled batches in plan order.
-FillFunction = Callable[[Iterable[BatchPlan], int], Iterator["FilledBatch"]]
+FillFunction = Callable[[Iterable[BatchPlan], int], Iterator["EncodedBatch"]]
 
 
 @dataclass
@@ -96,7 +96,6 @@ class RankStreams:
         recent: RecentLayouts,
         *,
         max_in_flight: int,
-        header_rejects: list[str],
         max_world_size: int = 1024,
         fill: FillFunction | None = None,
     ) -> None:
@@ -106,7 +105,6 @@ class RankStreams:
         self._recent = recent
         self.max_in_flight = max_in_flight
         self.max_world_size = max_world_size
-        self._header_rejects = header_rejects
         self._fill = fill
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # the statuses below
@@ -173,8 +171,10 @@ class RankStreams:
         planned: dict[int, tuple[Cursor, BatchPlan]] = {}  # global batch -> its cursor, plan
 
         def plans() -> Iterator[BatchPlan]:
-            # An epoch's unreadable headers count once, when it is first planned.
-            self._stats.add_header_rejected(start.epoch, self._header_rejects)
+            # An epoch's rejects before planning (unreadable headers, decode failures
+            # found in an earlier epoch) count once, when it is first planned.
+            rejected = self._planners.rejected_before_planning(start.epoch)
+            self._stats.add_header_rejected(start.epoch, [reason for _, reason, _ in rejected])
             cursor = start
             while not self._stopping.is_set():
                 plan = self._planners.plan(cursor)
@@ -200,6 +200,8 @@ class RankStreams:
                     config_version=filled.config_version,
                 )
                 record_batch = filled.record_batch()
+                # Left out of every epoch not planned yet (packer.reject_ledger).
+                self._planners.record_rejects(filled.rejected)
                 self._account(metadata, plan, filled, record_batch)
                 yield OutgoingBatch(record_batch, metadata)
                 # The transport asked for the next batch: this one has left.
@@ -222,12 +224,13 @@ class RankStreams:
         self,
         metadata: BatchMetadata,
         plan: BatchPlan,
-        filled: FilledBatch,
+        filled: EncodedBatch,
         record_batch: pa.RecordBatch,
     ) -> None:
         packed = from_record_batch(record_batch)
         rejected = [reason for _, reason, _ in filled.rejected]
-        self._stats.add_delivered(plan, packed, rejected, record_batch.nbytes)
+        notes = [note.kind for note in filled.notes]
+        self._stats.add_delivered(plan, packed, rejected, record_batch.nbytes, notes=notes)
         self._recent.add(metadata, packed)
 
     def _advance(self, cursor: Cursor, now: float) -> None:

@@ -108,7 +108,7 @@ def test_same_seed_gives_identical_batches_with_one_and_two_ray_cpus(sample, tmp
     for a, b in zip(one, two, strict=True):
         assert a.read_bytes() == b.read_bytes()
     report = json.loads((tmp_path / "one" / "stats.json").read_text())
-    assert report["stats"]["images_packed"] == 40
+    assert report["delivered"]["images_packed"] == 40
     classes = json.loads((tmp_path / "one" / "classes.json").read_text())
     assert classes == ["checkers", "circles", "squares", "stripes"]
 

@@ -14,6 +14,7 @@ import pyarrow.flight as flight
 from packer.config import PackingConfig
 from packer.contract.schema import from_record_batch, to_record_batch
 from packer.fill import fill_batch
+from packer.notes import ImageNote
 from packer.plan import BatchPlan
 from service.flight import bearer_call_options
 
@@ -105,6 +106,7 @@ class FilledInProcess:
     config_version: int
     packed: pa.RecordBatch
     rejected: list[tuple[str, str, str]]
+    notes: list[ImageNote] = field(default_factory=list)
 
     def record_batch(self) -> pa.RecordBatch:
         return self.packed
@@ -142,4 +144,5 @@ class InProcessFill:
                 plan.config_version,
                 to_record_batch(result.batch),
                 result.rejected,
+                result.notes,
             )

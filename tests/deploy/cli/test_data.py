@@ -1,5 +1,5 @@
-"""`navit sample-data` and `navit simulate` as commands; `navit pack` runs in
-tests/packer/test_pipeline.py (it starts Ray)."""
+"""`navit sample-data`, `navit simulate` and `navit pack` as commands (the Ray pipeline
+under `navit pack` is tested in tests/packer/test_pipeline.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pyarrow as pa
+import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -46,3 +49,106 @@ def test_a_bad_override_exits_2_with_one_line_naming_the_field(tmp_path: Path) -
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("navit: invalid config: seq_len")
+
+
+# -- `navit pack` as a user runs it (each starts its own Ray) ------------------------------
+
+PACK_SETTINGS = ("--set", "seq_len=256", "--set", "max_res=128", "--set", "batch_size=4")
+
+
+@pytest.fixture(scope="module")
+def odd_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sample images, the odd and broken ones of image_cases, and a stray text file."""
+    from packer.sample_data import write_sample_dataset
+    from tests.packer.image_cases import write_odd_images
+
+    root = tmp_path_factory.mktemp("odd-data") / "images"
+    write_sample_dataset(root, 16, seed=4)
+    write_odd_images(root)
+    (root / "notes.txt").write_text("a stray file\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def packed_odd(
+    odd_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("odd-packed") / "out"
+    return out, navit("pack", str(odd_dataset), "--out", str(out), *PACK_SETTINGS)
+
+
+@pytest.mark.slow
+def test_pack_off_a_terminal_prints_only_a_summary_of_predicted_and_delivered(
+    packed_odd: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    out, done = packed_odd
+    assert done.returncode == 0, done.stderr
+    # No live line off a terminal, no Ray start-up lines, no Pillow warnings.
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"packed into {out} (1 epoch):"
+    report = json.loads((out / "stats.json").read_text())
+    predicted, delivered = report["predicted"], report["delivered"]
+    # bad/truncated.jpg: its header reads, its pixels do not; only the pack finds it.
+    assert predicted["images_packed"] == delivered["images_packed"] + 1
+    assert delivered["rejected_by_reason"]["truncated"] == 1
+    assert (
+        f"  predicted: {predicted['images_packed']} packed at "
+        f"{100 * predicted['efficiency']:.2f}% efficiency; delivered: "
+        f"{delivered['images_packed']} packed at {100 * delivered['efficiency']:.2f}%"
+    ) in lines
+    assert "  skipped (not images): .txt 1" in lines
+    assert delivered["skipped_by_extension"] == {".txt": 1}
+    assert any("truncated 1" in line and "rejected.jsonl" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_simulate_after_a_pack_shows_the_decode_failure_it_found_and_the_skipped_files(
+    packed_odd: tuple[Path, subprocess.CompletedProcess[str]], odd_dataset: Path
+) -> None:
+    out, _ = packed_odd
+    done = navit("simulate", str(odd_dataset), *PACK_SETTINGS)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "  known decode failures: 1 (found by an earlier pack, left out)" in lines
+    assert "  skipped (not images): .txt 1" in lines
+    simulated = json.loads(navit("simulate", str(odd_dataset), *PACK_SETTINGS, "--json").stdout)
+    delivered = json.loads((out / "stats.json").read_text())["delivered"]
+    assert simulated["images_packed"] == delivered["images_packed"]  # now it predicts exactly
+
+
+@pytest.mark.slow
+def test_verbose_shows_rays_start_up_lines(odd_dataset: Path, tmp_path: Path) -> None:
+    done = navit(
+        "--verbose", "pack", str(odd_dataset), "--out", str(tmp_path / "out"), *PACK_SETTINGS
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Started a local Ray instance" in done.stderr
+
+
+@pytest.mark.slow
+def test_pack_of_the_odd_file_corpus_accounts_for_every_file_with_no_noise(
+    tmp_path: Path,
+) -> None:
+    from packer.contract.schema import from_record_batch
+    from packer.sources.image_folder import IMAGE_EXTENSIONS
+    from tests.packer.format_cases import write_format_corpus
+
+    expected = write_format_corpus(tmp_path / "corpus", IMAGE_EXTENSIONS)
+    files = [p for p in (tmp_path / "corpus").rglob("*") if p.is_file()]
+    assert len(files) == len(expected)
+    out = tmp_path / "out"
+    done = navit("pack", str(tmp_path / "corpus"), "--out", str(out), *PACK_SETTINGS)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no traceback, no Pillow warning, no Ray line
+    packed = {
+        image_id
+        for path in sorted(out.glob("epoch-*/batch-*.arrow"))
+        for image_id in from_record_batch(pa.ipc.open_file(path).get_batch(0)).image_ids
+    }
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").open()]
+    assert all(row["reason"] and row["detail"] for row in rejected)
+    skipped = json.loads((out / "stats.json").read_text())["delivered"]["skipped_by_extension"]
+    assert packed.isdisjoint(row["image_id"] for row in rejected)
+    assert len(packed) + len(rejected) + sum(skipped.values()) == len(files)
+    assert packed == {name for name, e in expected.items() if e.outcome == "packed"}

@@ -88,3 +88,11 @@ def test_options_refuse_a_setting_the_supervisor_owns() -> None:
         PretrainOptions("d", training={"rank": 1})
     with pytest.raises(ValueError, match="bogus: not a trainer setting"):
         PretrainOptions("d", training={"bogus": 1})
+
+
+def test_the_global_verbose_flag_reaches_the_pretrain_options() -> None:
+    from deploy.cli import build_parser
+
+    for argv in (["--verbose", "pretrain", "d"], ["pretrain", "d", "--verbose"]):
+        assert options_from_args(build_parser("pretrain").parse_args(argv)).verbose
+    assert not options_from_args(build_parser("pretrain").parse_args(["pretrain", "d"])).verbose

@@ -149,3 +149,30 @@ def test_a_service_that_fails_to_start_writes_no_ready_file(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2, stderr
     assert not ready_path.exists()
+
+
+@pytest.mark.slow
+def test_serve_hides_rays_and_uvicorns_start_up_lines_unless_verbose(
+    sample_dataset, index_cache_dir, tmp_path
+):
+    process = _serve(
+        str(sample_dataset),
+        "--api-port", "0",
+        "--flight-port", "0",
+        "--num-cpus", "1",
+        "--index-cache-dir", str(index_cache_dir),
+        "--set", "seq_len=128",
+        "--set", "max_res=96",
+    )  # fmt: skip
+    try:
+        line = process.stdout.readline()
+        assert line, process.stderr.read()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = process.stderr.read()
+    assert "Ray" not in stderr and "ray" not in stderr.lower().replace("array", "")
+    assert "Started server process" not in stderr and "Uvicorn" not in stderr

@@ -1,0 +1,142 @@
+"""What `navit pack` shows: a live line while it works (on a terminal), then a summary.
+
+The live line (tqdm, on stderr) counts images against what `navit simulate` predicted,
+with images/s, the efficiency so far and the ETA:
+
+    pack: 412/713 images  58%|█████▊    | 95.1 images/s, efficiency 99.21%, ETA 00:03
+
+Off a terminal (a log file, a pipe, CI) there is no live line: only the summary, which
+sets the prediction beside what was delivered and says what was rejected, skipped and
+noted, e.g.
+
+    packed into runs/packed (1 epoch):
+      images: 713 in, 693 packed, 20 rejected (truncated 20; see rejected.jsonl)
+      predicted: 713 packed at 99.68% efficiency; delivered: 693 packed at 97.48%
+      ...
+      skipped (not images): .txt 3, .tar 1
+      notes (Pillow warnings, see notes.jsonl): corrupt_metadata 1
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Protocol, TextIO
+
+from tqdm import tqdm
+
+_BAR_FORMAT = (
+    "{desc}: {n_fmt}/{total_fmt} images {percentage:3.0f}%|{bar:10}| "
+    "{rate_fmt}{postfix}, ETA {remaining}"
+)
+
+
+class StatsSoFar(Protocol):
+    """What the live line reads of the running stats (packer.stats.PackingStats)."""
+
+    images_in: int
+
+    @property
+    def efficiency(self) -> float: ...
+
+
+class PackProgress:
+    """The live line of one pack: `update(stats)` after each batch, `close()` at the end.
+
+    It is drawn only when `stream` is a terminal and `enabled`; otherwise every call is
+    a no-op and the summary says it all.
+    """
+
+    def __init__(self, total_images: int, stream: TextIO | None = None, enabled: bool = True):
+        stream = sys.stderr if stream is None else stream
+        self.live = enabled and _is_terminal(stream)
+        columns, lines = _terminal_size(stream)
+        self._bar = tqdm(
+            total=max(total_images, 1),
+            desc="pack",
+            unit=" images",
+            file=stream,
+            disable=not self.live,
+            bar_format=_BAR_FORMAT,
+            ncols=columns,
+            nrows=lines,
+            mininterval=0.2,
+            postfix="efficiency -",
+        )
+
+    def update(self, stats: StatsSoFar) -> None:
+        if not self.live:
+            return
+        self._bar.set_postfix_str(f"efficiency {100 * stats.efficiency:.2f}%", refresh=False)
+        self._bar.update(stats.images_in - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _terminal_size(stream: TextIO) -> tuple[int, int]:
+    """(columns, lines) of the terminal; 100 x 24 where it says 0 (a pty that `script`
+    opens without a terminal around it), which tqdm would take as "no room: draw nothing"."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return 100, 24
+    return size.columns or 100, size.lines or 24
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """{"truncated": 20, "empty": 1} -> "empty 1, truncated 20"."""
+    return ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
+
+
+def summary_lines(
+    title: str,
+    stats: dict[str, Any],
+    predicted: dict[str, Any] | None = None,
+    known_failures: int = 0,
+) -> list[str]:
+    """The summary of a pack (`predicted`: simulate's stats) or of a simulate (None)."""
+    rejected = stats["rejected_by_reason"]
+    where = "; see rejected.jsonl" if predicted is not None else ""
+    rejected_text = f" ({_counts(rejected)}{where})" if rejected else ""
+    lines = [
+        f"{title}:",
+        f"  images: {stats['images_in']} in, {stats['images_packed']} packed, "
+        f"{stats['images_rejected']} rejected{rejected_text}",
+    ]
+    if predicted is not None:
+        lines.append(
+            f"  predicted: {predicted['images_packed']} packed at "
+            f"{100 * predicted['efficiency']:.2f}% efficiency; delivered: "
+            f"{stats['images_packed']} packed at {100 * stats['efficiency']:.2f}%"
+        )
+        if predicted["images_packed"] != stats["images_packed"]:
+            lines.append(
+                "  (images whose pixels did not decode are remembered: the next simulate "
+                "and pack leave them out)"
+            )
+    if known_failures:
+        lines.append(
+            f"  known decode failures: {known_failures} (found by an earlier pack, left out)"
+        )
+    lines += [
+        f"  sequences: {stats['sequences']} in {stats['batches']} batches, "
+        f"{stats['images_per_sequence_mean']} images and "
+        f"{stats['tokens_per_image_mean']} tokens per image on average",
+        f"  efficiency: {100 * stats['efficiency']:.2f}% "
+        f"({stats['real_tokens']} real / {stats['pad_tokens']} pad tokens)",
+    ]
+    if predicted is not None and stats.get("images_per_s"):
+        lines.append(
+            f"  throughput: {stats['images_per_s']} images/s, {stats['tokens_per_s']} tokens/s"
+        )
+    if stats.get("skipped_by_extension"):
+        lines.append(f"  skipped (not images): {_counts(stats['skipped_by_extension'])}")
+    if stats.get("notes"):
+        lines.append(f"  notes (Pillow warnings, see notes.jsonl): {_counts(stats['notes'])}")
+    return lines
