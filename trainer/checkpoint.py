@@ -102,6 +102,22 @@ def restore_model(state: dict[str, Any], patch_size: int) -> NaViT:
     return model
 
 
+def load_trained_model(path: str | os.PathLike[str]) -> tuple[NaViT, int]:
+    """(the NaViT in a checkpoint, in eval mode on the CPU; the step it was saved at).
+
+    What `navit eval` scores: the weights and config only, no optimizer or data state.
+    A missing file is a FileNotFoundError naming it, a file without a model a ValueError.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise ValueError(f"{path}: not a navit checkpoint (no model and model_config)")
+    config = NaViTConfig(**state["model_config"])
+    model = restore_model(state, config.patch_size)
+    return model.eval(), int(state.get("step", 0))
+
+
 def restore_training(
     state: dict[str, Any],
     optimizer: torch.optim.Optimizer,
