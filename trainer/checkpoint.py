@@ -18,6 +18,7 @@ next batch); they still load, the rank and world size then coming from the resum
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import warnings
 from dataclasses import asdict
@@ -110,7 +111,11 @@ def load_trained_model(path: str | os.PathLike[str]) -> tuple[NaViT, int]:
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(f"{path}: not a navit checkpoint ({first_line})") from error
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
         raise ValueError(f"{path}: not a navit checkpoint (no model and model_config)")
     config = NaViTConfig(**state["model_config"])

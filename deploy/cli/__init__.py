@@ -47,6 +47,7 @@ COMMANDS: dict[str, Subcommand] = {
     "pretrain": Subcommand(
         "deploy.cli.pretrain", "run the whole pretrain job locally: service + trainers"
     ),
+    "eval": Subcommand("deploy.cli.eval", "score a checkpoint at several resolutions"),
 }
 
 EXIT_INVALID_CONFIG = 2

@@ -110,3 +110,6 @@ def test_loading_a_model_from_a_missing_or_foreign_file_names_it(tmp_path):
     save_checkpoint(tmp_path / "other.pt", {"step": 1})
     with pytest.raises(ValueError, match="not a navit checkpoint"):
         load_trained_model(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="junk.pt: not a navit checkpoint"):
+        load_trained_model(tmp_path / "junk.pt")
