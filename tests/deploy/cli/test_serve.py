@@ -149,3 +149,17 @@ def test_a_service_that_fails_to_start_writes_no_ready_file(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2, stderr
     assert not ready_path.exists()
+
+
+def test_holdout_flags_reach_the_service_settings():
+    import argparse
+
+    from deploy.cli.serve import add_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["data", "--holdout-fraction", "0.1", "--holdout-seed", "5"])
+    settings = settings_from_args(args)
+    assert (settings.holdout_fraction, settings.holdout_seed) == (0.1, 5)
+    plain = settings_from_args(parser.parse_args(["data"]))
+    assert (plain.holdout_fraction, plain.holdout_seed) == (0.0, 0)
