@@ -55,7 +55,8 @@ RUN_FILES = (
     "pretrain.png",
     READY_FILE,
 )
-RUN_DIRS = ("state", "logs")
+RUN_DIRS = ("state", "logs", "val")
+VAL_DIR = "val"  # the held-out split, packed at one resolution for the trainers' eval
 
 
 def navit(*args: str) -> list[str]:
@@ -86,6 +87,7 @@ class Pretrain:
         self._stats_log: TextIO | None = None
         self._last_sample = 0.0
         self._started = time.monotonic()
+        self.val_resolution: int | None = None  # where run_dir/val was packed
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -163,6 +165,35 @@ class Pretrain:
             f"dataset {self.options.dataset}: {stats['images']} images "
             f"({stats['valid']} readable), {num_classes} classes"
         )
+        if self.options.val_fraction > 0:
+            self._pack_validation(index)
+
+    def _pack_validation(self, index: Any) -> None:
+        """Pack the held-out split once at the packing config's max_res into run_dir/val
+        (the service streams the rest) and have the trainers score it (eval_source)."""
+        from packer.fixed_resolution import fixed_resolution_config, write_packed_folder
+        from packer.split import split_index
+
+        o = self.options
+        _, val = split_index(index, o.val_fraction, o.val_seed)
+        base = o.packing_config()
+        resolution = base.max_res
+        config = fixed_resolution_config(
+            resolution, base.patch_size, base.res_mode, base.seq_len, base.batch_size, base.seed
+        )
+        stats = write_packed_folder(val, config, self.run_dir / VAL_DIR).to_dict()
+        self.val_resolution = resolution
+        self.output.say(
+            f"validation: {val.num_rows} images held out (--val-fraction {o.val_fraction}, "
+            f"--val-seed {o.val_seed}), {stats['images_packed']} packed at {resolution} px "
+            f"into {self.run_dir / VAL_DIR}"
+        )
+        self._event("validation_packed", images=val.num_rows, resolution=resolution, stats=stats)
+        if stats["images_packed"] == 0:
+            self.output.say("validation: no readable held-out image; no validation scores")
+        elif self.trainer_config.eval_source is None:  # a given --eval-source wins
+            source = str(self.run_dir / VAL_DIR)
+            self.trainer_config = self.trainer_config.replace(eval_source=source)
 
     def _env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, RUN_ENV: self.run_id, "PYTHONUNBUFFERED": "1", **extra}
@@ -191,6 +222,8 @@ class Pretrain:
         if o.config_file is not None:
             argv.append(f"--config={o.config_file}")
         argv += [f"--set={override}" for override in o.overrides]
+        if o.val_fraction > 0:
+            argv += [f"--holdout-fraction={o.val_fraction}", f"--holdout-seed={o.val_seed}"]
         # ray.init() with no address joins a cluster some `ray start` left on this
         # machine; a local job wants its own Ray, sized by --num-cpus.
         extra = {} if o.ray_address else {"RAY_ADDRESS": "local"}
@@ -332,7 +365,9 @@ class Pretrain:
             latest = self.metrics.latest
             if self.control is not None and latest is not None:
                 self.control.report_trainer(latest, self.options.trainers)
-        self.output.show(run_status(self.metrics.in_order(), self.last_stats))
+        self.output.show(
+            run_status(self.metrics.in_order(), self.last_stats, self.metrics.evals_in_order())
+        )
 
     def _sample_stats(self) -> None:
         stats = self.control.stats() if self.control is not None else None
@@ -354,7 +389,9 @@ class Pretrain:
         interrupted = self.stop_signal is not None
         self._stop_trainers(grace_s=3.0 if self._force else 10.0)
         self.metrics.read()
-        self.output.show(run_status(self.metrics.in_order(), self.last_stats))
+        self.output.show(
+            run_status(self.metrics.in_order(), self.last_stats, self.metrics.evals_in_order())
+        )
         self.output.close()
         self._sample_stats()
         if self.last_stats is not None:
@@ -364,7 +401,9 @@ class Pretrain:
         plot = None
         try:
             records = self.metrics.records
-            plot = write_plot(self.run_dir, records, self.samples, self.restart_steps)
+            plot = write_plot(
+                self.run_dir, records, self.samples, self.restart_steps, self.metrics.evals
+            )
         except Exception as error:  # noqa: BLE001 - the plot must not hide the run's result
             self.output.say(f"could not draw the plot: {error}")
         state = "interrupted" if interrupted else "failed" if failed else "finished"
@@ -378,8 +417,16 @@ class Pretrain:
             self.trainer_config.steps,
             self.last_stats,
             self.restart_steps,
+            self.metrics.evals_in_order(),
         )
         summary.append(f"in {self.run_dir}/: {', '.join(present)}")
+        o = self.options
+        if state == "finished" and o.val_fraction > 0 and self._has_checkpoint():
+            summary.append(
+                "accuracy against cost at other resolutions: navit eval --ckpt "
+                f"{self.run_dir / 'checkpoint.pt'} --source {o.dataset} "
+                f"--val-fraction {o.val_fraction} --val-seed {o.val_seed}"
+            )
         if state != "finished" and self._has_checkpoint():
             summary.append("to continue from the checkpoint: the same command with --resume")
         self.output.say("\n".join(summary))
