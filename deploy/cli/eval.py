@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         from deploy.resolution_sweep import write_plot
 
-        title = f"{args.ckpt} (step {step}) on {args.source}, {described}, {device}"
+        title = f"{args.ckpt} (step {step}), {device}\n{args.source}: {described}"
         write_plot(rows, args.plot, title)
     if args.json:
         print(json.dumps(report, indent=2))
