@@ -31,6 +31,7 @@ from deploy.pretrain.progress import (
     run_summary,
     stats_sample,
 )
+from deploy.pretrain.validation import VAL_DIR, pack_validation
 from deploy.ready_file import ReadyFile
 from trainer.config import TrainConfig
 
@@ -55,8 +56,7 @@ RUN_FILES = (
     "pretrain.png",
     READY_FILE,
 )
-RUN_DIRS = ("state", "logs", "val")
-VAL_DIR = "val"  # the held-out split, packed at one resolution for the trainers' eval
+RUN_DIRS = ("state", "logs", VAL_DIR)
 
 
 def navit(*args: str) -> list[str]:
@@ -87,7 +87,6 @@ class Pretrain:
         self._stats_log: TextIO | None = None
         self._last_sample = 0.0
         self._started = time.monotonic()
-        self.val_resolution: int | None = None  # where run_dir/val was packed
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -169,31 +168,19 @@ class Pretrain:
             self._pack_validation(index)
 
     def _pack_validation(self, index: Any) -> None:
-        """Pack the held-out split once at the packing config's max_res into run_dir/val
-        (the service streams the rest) and have the trainers score it (eval_source)."""
-        from packer.fixed_resolution import fixed_resolution_config, write_packed_folder
-        from packer.split import split_index
-
+        """The held-out split into run_dir/val, scored by the trainers (validation.py)."""
         o = self.options
-        _, val = split_index(index, o.val_fraction, o.val_seed)
-        base = o.packing_config()
-        resolution = base.max_res
-        config = fixed_resolution_config(
-            resolution, base.patch_size, base.res_mode, base.seq_len, base.batch_size, base.seed
-        )
-        stats = write_packed_folder(val, config, self.run_dir / VAL_DIR).to_dict()
-        self.val_resolution = resolution
+        val = pack_validation(index, o, self.run_dir)
         self.output.say(
-            f"validation: {val.num_rows} images held out (--val-fraction {o.val_fraction}, "
-            f"--val-seed {o.val_seed}), {stats['images_packed']} packed at {resolution} px "
-            f"into {self.run_dir / VAL_DIR}"
+            f"validation: {val.held_out} images held out (--val-fraction {o.val_fraction}, "
+            f"--val-seed {o.val_seed}), {val.packed} packed at {val.resolution} px "
+            f"into {val.folder}"
         )
-        self._event("validation_packed", images=val.num_rows, resolution=resolution, stats=stats)
-        if stats["images_packed"] == 0:
+        self._event("validation_packed", images=val.held_out, resolution=val.resolution)
+        if val.packed == 0:
             self.output.say("validation: no readable held-out image; no validation scores")
         elif self.trainer_config.eval_source is None:  # a given --eval-source wins
-            source = str(self.run_dir / VAL_DIR)
-            self.trainer_config = self.trainer_config.replace(eval_source=source)
+            self.trainer_config = self.trainer_config.replace(eval_source=str(val.folder))
 
     def _env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, RUN_ENV: self.run_id, "PYTHONUNBUFFERED": "1", **extra}
