@@ -49,11 +49,19 @@ $(SAMPLE): | venv
 	$(BIN)/navit sample-data $(SAMPLE) --images $(SAMPLE_IMAGES) --seed 0
 
 # The main job on this machine: the packer service (local Ray, control plane on
-# http://127.0.0.1:8000, Flight on 8815) and two trainer ranks (DDP over gloo on CPU).
-# Outputs in runs/pretrain/: metrics.jsonl, stats.json, checkpoint.pt, pretrain.png.
+# http://127.0.0.1:8000, Flight on 8815) and two trainer ranks (DDP over gloo on CPU),
+# holding VAL_FRACTION of the images out of training; then `navit eval` scores the
+# checkpoint on those held-out images at each of EVAL_RESOLUTIONS (trained: 64-128 px).
+# Outputs in runs/pretrain/: metrics.jsonl, stats.json, checkpoint.pt, pretrain.png,
+# val/ (the held-out split packed at 128 px), eval.png (accuracy against tokens/image).
 PRETRAIN_ARGS ?= --trainers 2 --set seq_len=256 --set max_res=128
+VAL_FRACTION ?= 0.1
+EVAL_RESOLUTIONS ?= 32,48,64,96,128,192,256
 pretrain: venv $(SAMPLE)
-	$(BIN)/navit pretrain $(SAMPLE) --steps $(STEPS) --run-dir runs/pretrain $(PRETRAIN_ARGS)
+	$(BIN)/navit pretrain $(SAMPLE) --steps $(STEPS) --run-dir runs/pretrain \
+	  --val-fraction $(VAL_FRACTION) $(PRETRAIN_ARGS)
+	$(BIN)/navit eval --ckpt runs/pretrain/checkpoint.pt --source $(SAMPLE) \
+	  --val-fraction $(VAL_FRACTION) --resolutions $(EVAL_RESOLUTIONS) --plot runs/pretrain/eval.png
 
 # vit-pytorch is the training benchmark's baseline; --no-deps keeps it from pulling a
 # torchvision built for another torch (bench_train loads its na_vit.py alone).

@@ -27,13 +27,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import ray
 
-from packer.contract.files import write_atomically
+from packer.batch_files import batch_path, write_batch_file, write_ipc_file
 from packer.contract.schema import to_record_batch
 from packer.fill import fill_batch
 from packer.index import header_notes, header_reject_details, index_skipped
@@ -112,22 +111,9 @@ class EncodedBatch:
         return pa.ipc.open_file(pa.py_buffer(self.ipc)).get_batch(0)
 
 
-def _write_ipc_file(sink: pa.NativeFile | BinaryIO, record_batch: pa.RecordBatch) -> None:
-    """One batch as an Arrow IPC file: what `navit pack` writes and the service sends."""
-    with pa.ipc.new_file(sink, record_batch.schema) as writer:
-        writer.write_batch(record_batch)
-
-
-def _write_batch_file(path: Path, record_batch: pa.RecordBatch) -> None:
-    """A batch file of `navit pack`; a crash leaves no half-written one behind."""
-    # Not durable: a batch file is regenerated exactly by packing again, and an fsync per
-    # file would cost the pack its disk latency.
-    write_atomically(path, lambda out: _write_ipc_file(out, record_batch), durable=False)
-
-
 def _ipc_file_bytes(record_batch: pa.RecordBatch) -> bytes:
     sink = pa.BufferOutputStream()
-    _write_ipc_file(sink, record_batch)
+    write_ipc_file(sink, record_batch)
     return sink.getvalue().to_pybytes()
 
 
@@ -158,7 +144,7 @@ def _fill_and_write(block: dict[str, np.ndarray], out_dir: str) -> dict[str, np.
         result = fill_batch(plan)
         record_batch = to_record_batch(result.batch)
         path = batch_path(Path(out_dir), plan.epoch, plan.batch)
-        _write_batch_file(path, record_batch)
+        write_batch_file(path, record_batch)
         batch_stats = PackingStats()
         batch_stats.add_filled(
             plan, result.batch, result.rejected_reasons, [n.kind for n in result.notes]
@@ -201,11 +187,6 @@ def _ray_data_console_like_ray() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if type(handler).__name__ != "SessionFileHandler":
             handler.setLevel(level)
-
-
-def batch_path(out_dir: Path, epoch: int, batch: int) -> Path:
-    """Where `navit pack` writes a batch: OUT/epoch-000/batch-000012.arrow."""
-    return out_dir / f"epoch-{epoch:03d}" / f"batch-{batch:06d}.arrow"
 
 
 def _auto_plans_per_block(num_plans: int) -> int:

@@ -205,6 +205,8 @@ def start_service(
             ),
             simulate_max_images=settings.simulate_max_images,
             max_world_size=settings.max_world_size,
+            holdout_fraction=settings.holdout_fraction,
+            holdout_seed=settings.holdout_seed,
         )
         try:
             job = ServiceJob(index, config, state, dataset=settings.dataset, options=options)

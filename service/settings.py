@@ -48,6 +48,10 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(
         1 << 20, ge=1024, description="largest HTTP request body; a larger one gets 413"
     )
+    holdout_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="share of images held out of every stream (validation)"
+    )
+    holdout_seed: int = Field(0, ge=0, description="seed of the held-out split (packer.split)")
     shutdown_timeout_s: float = Field(10.0, gt=0)
     log_level: str = "info"
     verbose: bool = Field(

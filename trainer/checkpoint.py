@@ -18,6 +18,7 @@ next batch); they still load, the rank and world size then coming from the resum
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import warnings
 from dataclasses import asdict
@@ -100,6 +101,26 @@ def restore_model(state: dict[str, Any], patch_size: int) -> NaViT:
     model = NaViT(config)
     model.load_state_dict(state["model"])
     return model
+
+
+def load_trained_model(path: str | os.PathLike[str]) -> tuple[NaViT, int]:
+    """(the NaViT in a checkpoint, in eval mode on the CPU; the step it was saved at).
+
+    What `navit eval` scores: the weights and config only, no optimizer or data state.
+    A missing file is a FileNotFoundError naming it, a file without a model a ValueError.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(f"{path}: not a navit checkpoint ({first_line})") from error
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise ValueError(f"{path}: not a navit checkpoint (no model and model_config)")
+    config = NaViTConfig(**state["model_config"])
+    model = restore_model(state, config.patch_size)
+    return model.eval(), int(state.get("step", 0))
 
 
 def restore_training(

@@ -51,6 +51,7 @@ COMMANDS: dict[str, Subcommand] = {
     "pretrain": Subcommand(
         "deploy.cli.pretrain", "run the whole pretrain job locally: service + trainers"
     ),
+    "eval": Subcommand("deploy.cli.eval", "score a checkpoint at several resolutions"),
 }
 
 EXIT_FAILED = 1

@@ -15,6 +15,7 @@ from deploy.cli import invalid_config
 from deploy.cli.data import add_config_arguments
 from deploy.cli.options import add_dataclass_arguments, flag_name
 from deploy.pretrain.options import (
+    DEFAULT_VAL_FRACTION,
     SUPERVISED_FIELDS,
     TRAINER_DEFAULTS,
     TRAINER_FIELDS,
@@ -50,6 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--ray-address", default=None, help="use this Ray cluster instead of a local Ray")
     add("--max-restarts", type=int, default=3, help="restarts of failed trainers")
     add("--no-progress", action="store_true", help="a plain status line every 10 s")
+    add(
+        "--val-fraction",
+        type=float,
+        default=DEFAULT_VAL_FRACTION,
+        help="share of images held out of training and scored every --eval-every steps "
+        f"(default: {DEFAULT_VAL_FRACTION}; 0: none)",
+    )
+    add("--val-seed", type=int, default=0, help="seed of the held-out split (default: 0)")
     add_config_arguments(parser)
     trainer = parser.add_argument_group("trainer", trainer_defaults_help())
     add_dataclass_arguments(
@@ -72,6 +81,8 @@ def options_from_args(args: argparse.Namespace) -> PretrainOptions:
         max_restarts=args.max_restarts,
         progress=not args.no_progress,
         verbose=getattr(args, "verbose", False),
+        val_fraction=args.val_fraction,
+        val_seed=args.val_seed,
         overrides=tuple(args.overrides or ()),
         config_file=args.config,
         training={name: getattr(args, name) for name in TRAINER_FIELDS},

@@ -50,6 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-in-flight", type=int, default=None, help="fill tasks pending per stream (4)"
     )
+    parser.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=None,
+        help="share of images held out of every stream, for validation (0)",
+    )
+    parser.add_argument(
+        "--holdout-seed", type=int, default=None, help="seed of the held-out split (0)"
+    )
     parser.add_argument("--log-level", default=None, help="info, warning, debug")
     parser.add_argument(
         "--ready-file",
@@ -74,6 +83,8 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
         "max_in_flight": args.max_in_flight,
+        "holdout_fraction": args.holdout_fraction,
+        "holdout_seed": args.holdout_seed,
         "log_level": args.log_level,
         "config_file": getattr(args, "config", None),
         "config_overrides": list(getattr(args, "overrides", []) or []) or None,

@@ -22,7 +22,11 @@ The run directory (`--run-dir`, default runs/pretrain) keeps:
   checkpoint (model, optimizer, data cursor);
 - `stats.json`: the service's GET /stats at the end; `stats.jsonl`: /stats samples over
   the run (efficiency, images/s, config version);
-- `pretrain.png`: loss and packing efficiency over the run;
+- `val/`: the held-out validation split (`--val-fraction`, `--val-seed`; packer.split),
+  packed once at the packing config's max_res; the service never streams these images,
+  the trainers score them every `--eval-every` steps ("eval": true lines in
+  metrics.jsonl, "val acc" on the progress line);
+- `pretrain.png`: training and validation loss and accuracy, packing efficiency;
 - `events.jsonl`: what the supervisor did (starts, exits, restarts) with process ids;
 - `service-ready.json`: the service's ready file while it serves (deploy/ready_file.py);
 - `state/`: the service's config history and rank cursors (a PATCH survives `--resume`);

@@ -14,18 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packer.config import ConfigError
+from packer.config import ConfigError, PackingConfig
+from packer.split import check_fraction
 from trainer.config import TrainConfig
 
 # Pretrain's own defaults for trainer settings: a short local run, so a higher peak LR,
-# a checkpoint every 50 steps, and (None) a warmup of a tenth of the steps.
+# a checkpoint every 50 steps, and (None) a warmup and a validation pass every tenth of
+# the steps.
 TRAINER_DEFAULTS: dict[str, Any] = {
     "steps": 300,
     "lr": 2e-3,
     "ckpt_every": 50,
     "warmup_steps": None,
+    "eval_every": None,
 }
 WARMUP_SHARE = 10  # warmup_steps None: steps // 10 (at least 1)
+EVAL_SHARE = 10  # eval_every None: steps // 10 (at least 1)
+DEFAULT_VAL_FRACTION = 0.1
 
 # TrainConfig fields the supervisor sets for each rank, so not settings of the run:
 # the token reaches the service and the trainers alike through NAVIT_TOKEN only.
@@ -51,6 +56,10 @@ class PretrainOptions:
     max_restarts: int = 3  # restarts of failed trainers
     progress: bool = True  # a progress bar (False: a plain status line every 10 s)
     verbose: bool = False  # the service shows Ray's start-up lines (in its log)
+    # The validation split (packer.split): held out of the service's streams, packed once
+    # at the packing config's max_res into run_dir/val, scored every eval_every steps.
+    val_fraction: float = DEFAULT_VAL_FRACTION  # 0: no split, no validation
+    val_seed: int = 0
     overrides: tuple[str, ...] = ()  # packing config KEY=VALUE
     config_file: Path | None = None  # packing config JSON
     training: Mapping[str, Any] = field(default_factory=dict)  # TRAINER_FIELDS values
@@ -65,6 +74,12 @@ class PretrainOptions:
         for name in ("api_port", "flight_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(name, f"must be a port (0: any), got {getattr(self, name)}")
+        try:
+            check_fraction(self.val_fraction)
+        except ValueError as error:
+            raise ConfigError("val_fraction", str(error).split(": ", 1)[1]) from None
+        if self.val_seed < 0:
+            raise ConfigError("val_seed", f"must be >= 0, got {self.val_seed}")
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ConfigError("num_cpus", f"must be at least 1, got {self.num_cpus}")
         for name in self.training:
@@ -86,6 +101,8 @@ class PretrainOptions:
         values = {**TRAINER_DEFAULTS, **self.training}
         if values["warmup_steps"] is None:
             values["warmup_steps"] = max(1, values["steps"] // WARMUP_SHARE)
+        if values["eval_every"] is None:
+            values["eval_every"] = max(1, values["steps"] // EVAL_SHARE)
         if num_classes is not None:
             values["num_classes"] = num_classes
         return TrainConfig(
@@ -95,6 +112,13 @@ class PretrainOptions:
             progress=False,  # the supervisor shows the progress
             **values,
         )
+
+    def packing_config(self) -> PackingConfig:
+        """The packing config the service starts with (--config file, then --set)."""
+        config = PackingConfig()
+        if self.config_file is not None:
+            config = PackingConfig.from_json(Path(self.config_file).read_text())
+        return config.with_overrides(list(self.overrides))
 
     @property
     def steps(self) -> int:

@@ -1,7 +1,9 @@
 """What the supervisor reads and shows while the job runs: rank 0's metrics.jsonl, the
 service's /stats samples, and one progress line (a tqdm bar, or a plain line every 10 s).
 
-    pretrain:  40%|████      | 120/300 [00:31<00:47, loss 1.214 | acc 0.52 | 310 img/s | packing 96.4%]
+    pretrain:  40%|████      | 120/300 [00:31<00:47, loss 1.214 | acc 0.52 | val acc 0.48 | 310 img/s | packing 96.4%]
+
+("val acc": the latest validation pass over the held-out images, trainer/evaluate.py.)
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ RECENT_STEPS = 20  # loss and accuracy on the line: the mean of the last 20 step
 
 
 class MetricsTail:
-    """The step records of metrics.jsonl, read incrementally.
+    """The step records (`records`) and validation records (`evals`, "eval": true) of
+    metrics.jsonl, by step, read incrementally.
 
     A resumed trainer rewrites the file (keeping lines up to its checkpoint): the
     supervisor calls `reset()` when it restarts trainers, and a file that shrank or
@@ -27,6 +30,7 @@ class MetricsTail:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.records: dict[int, dict[str, Any]] = {}
+        self.evals: dict[int, dict[str, Any]] = {}
         self._offset = 0
         self._inode: int | None = None
         self._partial = b""
@@ -35,6 +39,7 @@ class MetricsTail:
         """Forget what was read: the next read() starts from the top of the file."""
         self._inode, self._offset, self._partial = None, 0, b""
         self.records.clear()
+        self.evals.clear()
 
     def read(self) -> list[dict[str, Any]]:
         """New step records since the last call (all of them after a rewrite)."""
@@ -58,7 +63,11 @@ class MetricsTail:
                 record = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(record, dict) and "loss" in record and "step" in record:
+            if not isinstance(record, dict) or "step" not in record:
+                continue
+            if record.get("eval") and "eval_loss" in record:
+                self.evals[int(record["step"])] = record
+            elif "loss" in record:
                 self.records[int(record["step"])] = record
                 new.append(record)
         return new
@@ -69,6 +78,9 @@ class MetricsTail:
 
     def in_order(self) -> list[dict[str, Any]]:
         return [self.records[step] for step in sorted(self.records)]
+
+    def evals_in_order(self) -> list[dict[str, Any]]:
+        return [self.evals[step] for step in sorted(self.evals)]
 
 
 def smoothed(values: Sequence[float], alpha: float = 0.1) -> list[float]:
@@ -95,13 +107,21 @@ def stats_sample(stats: dict[str, Any], step: int, t: float) -> dict[str, Any]:
     }
 
 
-def run_status(records: list[dict[str, Any]], stats: dict[str, Any] | None) -> dict[str, Any]:
-    """The numbers of the progress line: step, recent loss/accuracy, the service's rates."""
+def run_status(
+    records: list[dict[str, Any]],
+    stats: dict[str, Any] | None,
+    evals: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """The numbers of the progress line: step, recent loss/accuracy, the latest validation
+    scores, the service's rates."""
     recent = records[-RECENT_STEPS:]
     status: dict[str, Any] = {"step": records[-1]["step"] if records else 0}
     if recent:
         status["loss"] = sum(r["loss"] for r in recent) / len(recent)
         status["accuracy"] = sum(r["accuracy"] for r in recent) / len(recent)
+    if evals:
+        status["val_loss"] = evals[-1]["eval_loss"]
+        status["val_accuracy"] = evals[-1]["eval_accuracy"]
     if stats is not None:
         status["images_per_s"] = stats["throughput"]["last_minute"]["images_per_s"]
         status["images_delivered"] = stats["throughput"]["run"]["images"]
@@ -116,6 +136,8 @@ def status_fields(status: dict[str, Any]) -> list[str]:
     if "loss" in status:
         fields.append(f"loss {status['loss']:.3f}")
         fields.append(f"acc {status['accuracy']:.2f}")
+    if "val_accuracy" in status:
+        fields.append(f"val acc {status['val_accuracy']:.2f}")
     if not status.get("images_delivered"):
         fields.append("waiting for the first batches")
     elif "images_per_s" in status:
@@ -173,8 +195,10 @@ def run_summary(
     steps: int,
     stats: dict[str, Any] | None,
     restart_steps: Sequence[int],
+    evals: Sequence[dict[str, Any]] = (),
 ) -> list[str]:
-    """The lines printed at the end: how the loss went, how well the service packed."""
+    """The lines printed at the end: how the loss went, the validation scores, how well
+    the service packed."""
     lines = [f"{state} after {elapsed_s:.0f} s"]
     if records:
         first = records[: min(10, len(records))]
@@ -188,6 +212,14 @@ def run_summary(
             f"loss {mean(first, 'loss'):.3f} -> {mean(last, 'loss'):.3f} "
             f"(mean of first/last {len(last)} steps), "
             f"accuracy {mean(first, 'accuracy'):.2f} -> {mean(last, 'accuracy'):.2f}"
+        )
+    if evals:
+        first, last = evals[0], evals[-1]
+        lines.append(
+            f"validation ({last['eval_images']} held-out images): "
+            f"loss {first['eval_loss']:.3f} -> {last['eval_loss']:.3f}, "
+            f"accuracy {first['eval_accuracy']:.2f} -> {last['eval_accuracy']:.2f} "
+            f"(steps {first['step']} -> {last['step']})"
         )
     if stats is not None:
         run = stats["throughput"]["run"]

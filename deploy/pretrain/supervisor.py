@@ -31,6 +31,7 @@ from deploy.pretrain.progress import (
     run_summary,
     stats_sample,
 )
+from deploy.pretrain.validation import VAL_DIR, pack_validation
 from deploy.ready_file import ReadyFile
 from trainer.config import TrainConfig
 
@@ -55,7 +56,7 @@ RUN_FILES = (
     "pretrain.png",
     READY_FILE,
 )
-RUN_DIRS = ("state", "logs")
+RUN_DIRS = ("state", "logs", VAL_DIR)
 
 
 def navit(*args: str) -> list[str]:
@@ -163,6 +164,23 @@ class Pretrain:
             f"dataset {self.options.dataset}: {stats['images']} images "
             f"({stats['valid']} readable), {num_classes} classes"
         )
+        if self.options.val_fraction > 0:
+            self._pack_validation(index)
+
+    def _pack_validation(self, index: Any) -> None:
+        """The held-out split into run_dir/val, scored by the trainers (validation.py)."""
+        o = self.options
+        val = pack_validation(index, o, self.run_dir)
+        self.output.say(
+            f"validation: {val.held_out} images held out (--val-fraction {o.val_fraction}, "
+            f"--val-seed {o.val_seed}), {val.packed} packed at {val.resolution} px "
+            f"into {val.folder}"
+        )
+        self._event("validation_packed", images=val.held_out, resolution=val.resolution)
+        if val.packed == 0:
+            self.output.say("validation: no readable held-out image; no validation scores")
+        elif self.trainer_config.eval_source is None:  # a given --eval-source wins
+            self.trainer_config = self.trainer_config.replace(eval_source=str(val.folder))
 
     def _env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, RUN_ENV: self.run_id, "PYTHONUNBUFFERED": "1", **extra}
@@ -192,6 +210,8 @@ class Pretrain:
         if o.config_file is not None:
             argv.append(f"--config={o.config_file}")
         argv += [f"--set={override}" for override in o.overrides]
+        if o.val_fraction > 0:
+            argv += [f"--holdout-fraction={o.val_fraction}", f"--holdout-seed={o.val_seed}"]
         # ray.init() with no address joins a cluster some `ray start` left on this
         # machine; a local job wants its own Ray, sized by --num-cpus.
         extra = {} if o.ray_address else {"RAY_ADDRESS": "local"}
@@ -333,7 +353,9 @@ class Pretrain:
             latest = self.metrics.latest
             if self.control is not None and latest is not None:
                 self.control.report_trainer(latest, self.options.trainers)
-        self.output.show(run_status(self.metrics.in_order(), self.last_stats))
+        self.output.show(
+            run_status(self.metrics.in_order(), self.last_stats, self.metrics.evals_in_order())
+        )
 
     def _sample_stats(self) -> None:
         stats = self.control.stats() if self.control is not None else None
@@ -355,7 +377,9 @@ class Pretrain:
         interrupted = self.stop_signal is not None
         self._stop_trainers(grace_s=3.0 if self._force else 10.0)
         self.metrics.read()
-        self.output.show(run_status(self.metrics.in_order(), self.last_stats))
+        self.output.show(
+            run_status(self.metrics.in_order(), self.last_stats, self.metrics.evals_in_order())
+        )
         self.output.close()
         self._sample_stats()
         if self.last_stats is not None:
@@ -365,7 +389,9 @@ class Pretrain:
         plot = None
         try:
             records = self.metrics.records
-            plot = write_plot(self.run_dir, records, self.samples, self.restart_steps)
+            plot = write_plot(
+                self.run_dir, records, self.samples, self.restart_steps, self.metrics.evals
+            )
         except Exception as error:  # noqa: BLE001 - the plot must not hide the run's result
             self.output.say(f"could not draw the plot: {error}")
         state = "interrupted" if interrupted else "failed" if failed else "finished"
@@ -379,8 +405,16 @@ class Pretrain:
             self.trainer_config.steps,
             self.last_stats,
             self.restart_steps,
+            self.metrics.evals_in_order(),
         )
         summary.append(f"in {self.run_dir}/: {', '.join(present)}")
+        o = self.options
+        if state == "finished" and o.val_fraction > 0 and self._has_checkpoint():
+            summary.append(
+                "accuracy against cost at other resolutions: navit eval --ckpt "
+                f"{self.run_dir / 'checkpoint.pt'} --source {o.dataset} "
+                f"--val-fraction {o.val_fraction} --val-seed {o.val_seed}"
+            )
         if state != "finished" and self._has_checkpoint():
             summary.append("to continue from the checkpoint: the same command with --resume")
         self.output.say("\n".join(summary))

@@ -190,12 +190,19 @@ class TrainersResponse(BaseModel):
     trainers: list[TrainerOut]
 
 
+class HoldoutOut(BaseModel):
+    fraction: float = Field(description="share of images held out of every stream")
+    seed: int = Field(description="seed of the held-out split (packer.split)")
+    held_out_images: int = Field(description="images held out: in no stream, no count above")
+
+
 class StatsResponse(BaseModel):
     dataset: str
     uptime_s: float
     config_version: int
-    images: int
+    images: int = Field(description="images the streams draw from (the held-out ones not)")
     valid_images: int
+    holdout: HoldoutOut
     efficiency: float = Field(description="real tokens / all tokens of planned sequences")
     packing: PackingStatsOut
     throughput: ThroughputOut

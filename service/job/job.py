@@ -19,6 +19,7 @@ from packer.contract.cursor import Cursor
 from packer.contract.schema import packed_schema
 from packer.index import header_rejects, index_skipped
 from packer.plan import ConfigHistory, ConfigVersion
+from packer.split import split_index
 from service.batch_source import OutgoingBatch
 from service.job import status
 from service.job.config_control import ConfigControl
@@ -42,10 +43,16 @@ class ServiceJob:
         options: JobOptions | None = None,
         fill: FillFunction | None = None,
     ) -> None:
+        self.options = options or JobOptions()
+        # The held-out images leave the index before anything plans it: no stream, no
+        # /simulate and no count of the job's images includes them.
+        index, held_out = split_index(
+            index, self.options.holdout_fraction, self.options.holdout_seed
+        )
+        self.held_out_images = held_out.num_rows
         self.index = index
         self.state = state
         self.dataset = dataset
-        self.options = options or JobOptions()
         self.started_at = time.time()
         rejects = [reason for _, reason in header_rejects(index)]
         self.num_images = index.num_rows

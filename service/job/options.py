@@ -15,3 +15,7 @@ class JobOptions:
     simulate_default_sample: int = 2000
     simulate_max_images: int = 40000  # one /simulate's sample_size x epochs
     max_world_size: int = 1024  # the largest world_size a ticket may name
+    # The validation split held out of every stream (packer.split): images whose draw for
+    # (holdout_seed, image id) falls below holdout_fraction are never planned.
+    holdout_fraction: float = 0.0
+    holdout_seed: int = 0

@@ -193,6 +193,11 @@ def summary(job: ServiceJob, now: float) -> dict[str, Any]:
         "config_version": current.version,
         "images": job.num_images,
         "valid_images": job.num_valid_images,
+        "holdout": {
+            "fraction": job.options.holdout_fraction,
+            "seed": job.options.holdout_seed,
+            "held_out_images": job.held_out_images,
+        },
         "efficiency": packing["efficiency"],
         "packing": packing,
         "throughput": job.stats.throughput(now),

@@ -41,3 +41,10 @@ def test_a_missing_token_file_is_an_error(tmp_path, monkeypatch):
     monkeypatch.delenv("NAVIT_TOKEN", raising=False)
     with pytest.raises(ValueError, match="token file"):
         ServiceSettings(token_file=tmp_path / "absent").bearer_token()
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0])
+def test_a_holdout_fraction_outside_0_to_1_is_refused(fraction):
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        ServiceSettings(dataset="d", holdout_fraction=fraction)
+    assert ServiceSettings(dataset="d", holdout_fraction=0.1, holdout_seed=3).holdout_seed == 3

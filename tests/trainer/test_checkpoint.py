@@ -14,6 +14,7 @@ from packer.contract.cursor import Cursor
 from tests.trainer.trainer_synthetic import write_learnable_folder
 from trainer.checkpoint import (
     load_checkpoint,
+    load_trained_model,
     resume_cursor,
     rng_state,
     save_checkpoint,
@@ -87,3 +88,28 @@ def test_old_format_checkpoint_resumes_exactly(tmp_path):
     assert [r["loss"] for r in first + second] == [r["loss"] for r in straight]
     assert [(r["epoch"], r["next_batch"]) for r in second] == [(1, 2)]
     assert read_losses(tmp_path / "resumed") == read_losses(tmp_path / "straight")
+
+
+def test_trained_model_loads_with_its_weights_config_and_step(tmp_path):
+    source = write_learnable_folder(tmp_path / "packed", epochs=1, batches=2, seq_len=32)
+    config = TrainConfig(
+        source=str(source), steps=3, num_classes=4, progress=False, ckpt_dir=str(tmp_path / "r")
+    )
+    train(config)
+    model, step = load_trained_model(tmp_path / "r" / "checkpoint.pt")
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert step == 3 and not model.training
+    assert model.config.num_classes == 4 and model.config.patch_size == 4
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state["model"][name])
+
+
+def test_loading_a_model_from_a_missing_or_foreign_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        load_trained_model(tmp_path / "nothing.pt")
+    save_checkpoint(tmp_path / "other.pt", {"step": 1})
+    with pytest.raises(ValueError, match="not a navit checkpoint"):
+        load_trained_model(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="junk.pt: not a navit checkpoint"):
+        load_trained_model(tmp_path / "junk.pt")

@@ -48,7 +48,8 @@ def test_trainers_get_pretrains_defaults_and_train_configs_for_the_rest() -> Non
         defaults.model,
     )
     assert (config.progress, config.world_size) == (False, 1)
-    assert set(TRAINER_DEFAULTS) == {"steps", "lr", "ckpt_every", "warmup_steps"}
+    assert config.eval_every == 30  # a tenth of the steps
+    assert set(TRAINER_DEFAULTS) == {"steps", "lr", "ckpt_every", "warmup_steps", "eval_every"}
 
 
 def test_given_trainer_flags_reach_every_rank() -> None:
@@ -73,6 +74,8 @@ def test_help_shows_pretrains_own_trainer_defaults(capsys: pytest.CaptureFixture
         (["--lr", "nan"], "lr"),
         (["--trainers", "0"], "trainers"),
         (["--api-port", "70000"], "api_port"),
+        (["--val-fraction", "1"], "val_fraction"),
+        (["--val-seed", "-1"], "val_seed"),
     ],
 )
 def test_a_bad_value_exits_2_with_one_line_naming_it(
@@ -96,3 +99,14 @@ def test_the_global_verbose_flag_reaches_the_pretrain_options() -> None:
     for argv in (["--verbose", "pretrain", "d"], ["pretrain", "d", "--verbose"]):
         assert options_from_args(build_parser("pretrain").parse_args(argv)).verbose
     assert not options_from_args(build_parser("pretrain").parse_args(["pretrain", "d"])).verbose
+
+
+def test_the_validation_split_is_a_tenth_by_default_and_reaches_the_options() -> None:
+    options = options_from_args(parse("d"))
+    assert (options.val_fraction, options.val_seed) == (0.1, 0)
+    options = options_from_args(
+        parse("d", "--val-fraction=0.2", "--val-seed=3", "--set=max_res=96")
+    )
+    assert (options.val_fraction, options.val_seed) == (0.2, 3)
+    assert options.packing_config().max_res == 96
+    assert options_from_args(parse("d", "--val-fraction=0")).val_fraction == 0.0

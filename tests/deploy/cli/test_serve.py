@@ -176,3 +176,17 @@ def test_serve_hides_rays_and_uvicorns_start_up_lines_unless_verbose(
     stderr = process.stderr.read()
     assert "Ray" not in stderr and "ray" not in stderr.lower().replace("array", "")
     assert "Started server process" not in stderr and "Uvicorn" not in stderr
+
+
+def test_holdout_flags_reach_the_service_settings():
+    import argparse
+
+    from deploy.cli.serve import add_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["data", "--holdout-fraction", "0.1", "--holdout-seed", "5"])
+    settings = settings_from_args(args)
+    assert (settings.holdout_fraction, settings.holdout_seed) == (0.1, 5)
+    plain = settings_from_args(parser.parse_args(["data"]))
+    assert (plain.holdout_fraction, plain.holdout_seed) == (0.0, 0)

@@ -55,3 +55,30 @@ def test_the_line_says_it_waits_until_the_first_batches_arrive() -> None:
     assert status_fields(run_status([], _stats(images=0, version=1))) == [
         "waiting for the first batches"
     ]
+
+
+def test_validation_lines_are_kept_apart_and_shown_on_the_line_and_in_the_summary(
+    tmp_path: Path,
+) -> None:
+    from deploy.pretrain.progress import run_summary
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"step": s, "loss": 1.0, "accuracy": 0.5} for s in (1, 2, 3, 4)]
+    lines.insert(
+        2, {"eval": True, "step": 2, "eval_loss": 1.4, "eval_accuracy": 0.3, "eval_images": 9}
+    )
+    lines.append(
+        {"eval": True, "step": 4, "eval_loss": 0.9, "eval_accuracy": 0.6, "eval_images": 9}
+    )
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    tail = MetricsTail(path)
+    assert [r["step"] for r in tail.read()] == [1, 2, 3, 4]  # step records only
+    assert [r["eval_loss"] for r in tail.evals_in_order()] == [1.4, 0.9]
+    status = run_status(tail.in_order(), None, tail.evals_in_order())
+    assert status_fields(status)[:3] == ["loss 1.000", "acc 0.50", "val acc 0.60"]
+    summary = run_summary("finished", 5.0, tail.in_order(), 4, None, [], tail.evals_in_order())
+    assert (
+        "validation (9 held-out images): loss 1.400 -> 0.900, accuracy 0.30 -> 0.60" in (summary[2])
+    )
+    tail.reset()
+    assert tail.evals == {} and tail.records == {}

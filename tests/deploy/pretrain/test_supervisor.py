@@ -159,7 +159,13 @@ def test_pretrain_trains_survives_faults_retunes_live_and_cleans_up(
     checkpoint = torch.load(run.run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert checkpoint["step"] == steps
     stats = json.loads((run.run_dir / "stats.json").read_text())
-    assert stats["config_version"] == 2 and stats["images"] == 40
+    # The default validation split: held out of the stream, scored by the trainers.
+    held_out = stats["holdout"]["held_out_images"]
+    assert stats["holdout"]["fraction"] == 0.1 and held_out > 0
+    assert stats["config_version"] == 2 and stats["images"] == 40 - held_out
+    evals = [m for m in run.metrics() if m.get("eval")]
+    assert evals and evals[-1]["step"] == steps and evals[-1]["eval_images"] == held_out
+    assert f"validation ({held_out} held-out images)" in run.text()
     assert stats["rejected_by_reason"] == {}
     assert 0.5 < stats["efficiency"] <= 1.0
     assert {r["rank"] for r in stats["ranks"] if r["world_size"] == 2} == {0, 1}
@@ -216,6 +222,7 @@ def test_a_signal_stops_every_process_it_started(
     else:
         assert code == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum]
         assert run.events("end")[0]["state"] == "interrupted"
-        assert json.loads((run.run_dir / "stats.json").read_text())["images"] == 40
+        stats = json.loads((run.run_dir / "stats.json").read_text())
+        assert stats["images"] + stats["holdout"]["held_out_images"] == 40
         assert (run.run_dir / "pretrain.png").exists()
     assert_nothing_left(run)

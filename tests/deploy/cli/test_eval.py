@@ -1,0 +1,131 @@
+"""`navit eval`: flags, the three kinds of source, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deploy.cli import main
+from packer.fixed_resolution import fixed_resolution_config, pack_in_process, write_packed_folder
+from tests.deploy.sample_model import PATCH, VAL_FRACTION, VAL_SEED, SampleModel
+from tests.trainer.trainer_synthetic import ListFlightServer
+
+
+def _eval(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["eval", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _split_flags() -> list[str]:
+    return ["--val-fraction", str(VAL_FRACTION), "--val-seed", str(VAL_SEED)]
+
+
+def test_json_has_one_row_per_resolution_over_the_held_out_split(
+    sample_model: SampleModel, capsys, tmp_path
+):
+    code, out, err = _eval(
+        capsys,
+        *("--ckpt", str(sample_model.checkpoint), "--source", str(sample_model.data)),
+        *_split_flags(),
+        *("--resolutions", "32,64,96", "--json", "--device", "cpu"),
+        *("--plot", str(tmp_path / "eval.png")),
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert [row["resolution"] for row in report["rows"]] == [32, 64, 96]
+    assert all(row["images"] == sample_model.val.num_rows for row in report["rows"])
+    assert report["step"] == 120 and report["device"] == "cpu"
+    assert report["patch_size"] == PATCH and report["res_mode"] == "area"
+    for row in report["rows"]:
+        for key in ("accuracy", "loss", "tokens_per_image", "images_per_s", "tokens_per_s"):
+            assert isinstance(row[key], float), key
+    assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table_prints_a_header_and_a_line_per_resolution(sample_model: SampleModel, capsys):
+    code, out, _ = _eval(
+        capsys,
+        *("--ckpt", str(sample_model.checkpoint), "--source", str(sample_model.data)),
+        *_split_flags(),
+        *("--resolutions", "48,64", "--res-mode", "side"),
+    )
+    lines = out.splitlines()
+    assert code == 0
+    assert "held-out split" in lines[0] and "side mode" in lines[0]
+    assert lines[1].split()[:2] == ["resolution", "images"]
+    assert [line.split()[0] for line in lines[2:]] == ["48", "64"]
+
+
+def test_a_packed_folder_and_a_flight_stream_score_as_one_row(
+    sample_model: SampleModel, capsys, tmp_path
+):
+    config = fixed_resolution_config(64, PATCH)
+    write_packed_folder(sample_model.val, config, tmp_path / "val")
+    ckpt = ("--ckpt", str(sample_model.checkpoint))
+    code, out, err = _eval(capsys, *ckpt, "--source", str(tmp_path / "val"), "--json")
+    assert code == 0, err
+    (folder_row,) = json.loads(out)["rows"]
+    assert folder_row["resolution"] is None
+    assert folder_row["images"] == sample_model.val.num_rows
+
+    batches = [result.batch for result in pack_in_process(sample_model.val, config)]
+    server = ListFlightServer([batches], token="secret")
+    token_file = tmp_path / "token"
+    token_file.write_text("secret\n")
+    try:
+        source = f"grpc://127.0.0.1:{server.port}"
+        code, out, err = _eval(
+            capsys, *ckpt, "--source", source, "--token-file", str(token_file), "--json"
+        )
+    finally:
+        server.shutdown()
+    assert code == 0, err
+    (stream_row,) = json.loads(out)["rows"]
+    for key in ("images", "tokens", "accuracy"):
+        assert stream_row[key] == folder_row[key], key
+    assert stream_row["loss"] == pytest.approx(folder_row["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--resolutions", "64,abc"], "--resolutions: not an integer"),
+        (["--resolutions", ""], "--resolutions: an empty entry"),
+        (["--resolutions", "8,64"], "resolution: must be an integer of at least patch_size=16"),
+        (["--val-fraction", "1.5"], "--val-fraction: must lie in (0, 1)"),
+        (["--batch-size", "0"], "--batch-size: must be at least 1"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(sample_model: SampleModel, capsys, flags, message):
+    code, out, err = _eval(
+        capsys, "--ckpt", str(sample_model.checkpoint), "--source", str(sample_model.data), *flags
+    )
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_missing_checkpoint_or_data_set_exits_2_naming_it(
+    sample_model: SampleModel, capsys, tmp_path
+):
+    code, _, err = _eval(capsys, "--ckpt", str(tmp_path / "none.pt"), "--source", "x")
+    assert code == 2 and "none.pt" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    code, _, err = _eval(capsys, "--ckpt", str(tmp_path / "junk.pt"), "--source", "x")
+    assert code == 2 and err.startswith("navit eval: error: --ckpt:")
+    assert len(err.strip().splitlines()) == 1
+    missing = str(tmp_path / "no-such-data")
+    code, _, err = _eval(capsys, "--ckpt", str(sample_model.checkpoint), "--source", missing)
+    assert code == 2 and "no-such-data" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_split_of_a_packed_source_is_refused(sample_model: SampleModel, capsys, tmp_path: Path):
+    write_packed_folder(sample_model.val, fixed_resolution_config(64, PATCH), tmp_path / "val")
+    code, _, err = _eval(
+        capsys,
+        *("--ckpt", str(sample_model.checkpoint), "--source", str(tmp_path / "val")),
+        *_split_flags(),
+    )
+    assert code == 2 and "--val-fraction splits a data set" in err
