@@ -53,6 +53,7 @@ import torch
 from packer.contract.auth import bearer_headers
 from packer.contract.cursor import BatchMetadata, Cursor, batches_per_rank, global_batch_index
 from packer.contract.schema import PackedBatch, from_record_batch
+from trainer.model import MODEL_INPUTS
 
 FLIGHT_SCHEMES = ("grpc://", "grpc+tls://", "grpc+tcp://", "grpc+unix://")
 
@@ -60,16 +61,7 @@ _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 _BATCH_FILE = re.compile(r"^batch-(\d+)\.arrow$")
 
 # The tensors `to_device` makes: the model inputs, then the labels.
-TENSOR_COLUMNS = (
-    "patches",
-    "segment_ids",
-    "patch_rows",
-    "patch_cols",
-    "image_grid_h",
-    "image_grid_w",
-    "images_per_seq",
-    "labels",
-)
+TENSOR_COLUMNS = (*MODEL_INPUTS, "labels")
 
 
 def is_flight_source(source: str | os.PathLike[str]) -> bool:
