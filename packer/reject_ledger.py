@@ -94,6 +94,9 @@ class RejectLedger:
         """
         if effective_epoch < 0:
             raise ValueError(f"effective_epoch must be >= 0, got {effective_epoch}")
+        rejects = list(rejects)
+        if not rejects:
+            return 0  # nothing to add: no file read or written (callers run per batch)
         if self.path is not None:
             self.entries = self._read()
         known = {entry.image_id for entry in self.entries}

@@ -94,7 +94,7 @@ class EpochPlanners:
         """Remember images the fill rejected, from the first epoch not yet planned;
         returns how many were new."""
         if not rejected:
-            return 0
+            return 0  # the usual batch: no need to wait for the planners' lock
         with self._lock:
             # Under the lock: no planner of a later epoch is made while this records.
             return self.ledger.record(rejected, effective_epoch=self._planned_epoch + 1)

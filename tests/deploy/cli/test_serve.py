@@ -3,6 +3,7 @@ servers accept connections, stops on SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -47,6 +49,33 @@ def _serve(*args: str) -> subprocess.Popen:
     )
 
 
+def _serve_sample(dataset: Path, index_cache_dir: Path, *extra: str) -> subprocess.Popen:
+    """`navit serve` on the small sample set: any free ports, one CPU, small sequences."""
+    return _serve(
+        str(dataset),
+        "--api-port", "0",
+        "--flight-port", "0",
+        "--num-cpus", "1",
+        "--index-cache-dir", str(index_cache_dir),
+        "--set", "seq_len=128",
+        "--set", "max_res=96",
+        *extra,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """Run the body, then SIGTERM the service and expect a clean exit; kill it on failure."""
+    try:
+        yield process
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_a_missing_dataset_is_a_clear_error(tmp_path):
     process = _serve(str(tmp_path / "nothing-here"), "--api-port", "0", "--flight-port", "0")
     _, stderr = process.communicate(timeout=120)
@@ -63,19 +92,13 @@ def test_a_bad_override_names_the_field(tmp_path):
 
 @pytest.mark.slow
 def test_serve_runs_and_stops_on_sigterm(sample_dataset, index_cache_dir, tmp_path):
-    process = _serve(
-        str(sample_dataset),
-        "--api-port", "0",
-        "--flight-port", "0",
-        "--num-cpus", "1",
+    process = _serve_sample(
+        sample_dataset, index_cache_dir,
         "--state-dir", str(tmp_path / "state"),
-        "--index-cache-dir", str(index_cache_dir),
-        "--set", "seq_len=128",
-        "--set", "max_res=96",
         "--set", "min_res=32",
         "--log-level", "warning",
     )  # fmt: skip
-    try:
+    with _stopped_by_sigterm(process):
         line = process.stdout.readline()
         assert line, process.stderr.read()
         serving = json.loads(line)["serving"]
@@ -83,12 +106,6 @@ def test_serve_runs_and_stops_on_sigterm(sample_dataset, index_cache_dir, tmp_pa
         ready = httpx.get(f"{serving['api']}/readyz", timeout=30)
         assert ready.status_code == 200
         assert httpx.get(f"{serving['api']}/config").json()["config"]["seq_len"] == 128
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert (tmp_path / "state" / "navit-state.sqlite3").exists()
 
 
@@ -106,18 +123,10 @@ def test_the_ready_file_appears_once_both_servers_accept_connections(
     sample_dataset, index_cache_dir, tmp_path
 ):
     ready_path = tmp_path / "ready" / "service.json"
-    process = _serve(
-        str(sample_dataset),
-        "--api-port", "0",
-        "--flight-port", "0",
-        "--num-cpus", "1",
-        "--index-cache-dir", str(index_cache_dir),
-        "--set", "seq_len=128",
-        "--set", "max_res=96",
-        "--ready-file", str(ready_path),
-        "--log-level", "warning",
-    )  # fmt: skip
-    try:
+    process = _serve_sample(
+        sample_dataset, index_cache_dir, "--ready-file", str(ready_path), "--log-level", "warning"
+    )
+    with _stopped_by_sigterm(process):
         # The deadline only turns a hang into a failure.
         deadline = time.monotonic() + 180
         while (ready := ReadyFile.read(ready_path)) is None:
@@ -131,12 +140,6 @@ def test_the_ready_file_appears_once_both_servers_accept_connections(
         assert httpx.get(f"{ready.api}/readyz", timeout=30).status_code == 200
         serving = json.loads(process.stdout.readline())["serving"]
         assert (serving["api"], serving["flight"]) == (ready.api, ready.flight)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert not ready_path.exists()  # a stopped service is no longer ready
 
 
@@ -155,24 +158,10 @@ def test_a_service_that_fails_to_start_writes_no_ready_file(tmp_path):
 def test_serve_hides_rays_and_uvicorns_start_up_lines_unless_verbose(
     sample_dataset, index_cache_dir, tmp_path
 ):
-    process = _serve(
-        str(sample_dataset),
-        "--api-port", "0",
-        "--flight-port", "0",
-        "--num-cpus", "1",
-        "--index-cache-dir", str(index_cache_dir),
-        "--set", "seq_len=128",
-        "--set", "max_res=96",
-    )  # fmt: skip
-    try:
+    process = _serve_sample(sample_dataset, index_cache_dir)
+    with _stopped_by_sigterm(process):
         line = process.stdout.readline()
         assert line, process.stderr.read()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     stderr = process.stderr.read()
     assert "Ray" not in stderr and "ray" not in stderr.lower().replace("array", "")
     assert "Started server process" not in stderr and "Uvicorn" not in stderr
