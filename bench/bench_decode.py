@@ -46,35 +46,11 @@ from packer.imageio import decode_resized
 from packer.patchify import patchify
 from packer.resize import orient_pixels, resize_pixels
 from packer.sampling import image_keys, sample_resolutions, target_grids
+from packer.synthetic import natural_photo
 
 PATCH = 16
 STAGES = ("read", "decode", "resize", "patchify_into_slot")
 CONFIG = PackingConfig()
-
-
-def natural_photo(width: int, height: int, seed: int) -> np.ndarray:
-    """Photo-like [height, width, 3] uint8: 1/f noise (natural images' spectrum) shared
-    across channels, hard-edged discs, and sensor noise. Flat colour would hide aliasing
-    and compress unlike photos."""
-    rng = np.random.default_rng(seed)
-    freq = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :])
-    freq[0, 0] = 1.0
-
-    def field() -> np.ndarray:
-        phase = np.exp(2j * np.pi * rng.random(freq.shape))
-        return np.fft.irfft2(phase / freq, s=(height, width)).astype(np.float32)
-
-    shared = field()
-    pixels = np.stack([0.8 * shared + 0.4 * field() for _ in range(3)], axis=-1)
-    pixels = (pixels - pixels.mean()) / pixels.std() * 45 + 120
-    yy, xx = np.ogrid[0:height, 0:width]
-    for _ in range(12):
-        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-        radius = rng.uniform(0.03, 0.2) * min(width, height)
-        disc = (xx - cx) ** 2 + (yy - cy) ** 2 < radius**2
-        pixels[disc] = 0.6 * pixels[disc] + 0.4 * rng.uniform(0, 255, 3)
-    pixels += rng.normal(0, 3, pixels.shape).astype(np.float32)
-    return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
 # name -> (count, width, height, format, save options, epochs of targets per image)
@@ -174,6 +150,12 @@ PATHS: dict[str, Callable[[Item, np.ndarray], None]] = {
 }
 
 
+def _add_stage_times(stages: dict[str, float], marks: tuple[float, ...]) -> None:
+    """Add the time between consecutive clock marks to each of STAGES in order."""
+    for stage, start, stop in zip(STAGES, marks, marks[1:], strict=False):
+        stages[stage] += stop - start
+
+
 def _ours_staged(item: Item, slots: np.ndarray, stages: dict[str, float]) -> np.ndarray:
     """decode_resized's steps one at a time (the same calls, see packer.imageio)."""
     clock = time.process_time
@@ -194,12 +176,7 @@ def _ours_staged(item: Item, slots: np.ndarray, stages: dict[str, float]) -> np.
     t3 = clock()
     out = patchify(pixels, PATCH, out=_slot(item, slots))
     t4 = clock()
-    for stage, seconds in zip(
-        STAGES,
-        (t1 - t0, t2 - t1, t3 - t2, t4 - t3),
-        strict=True,
-    ):
-        stages[stage] += seconds
+    _add_stage_times(stages, (t0, t1, t2, t3, t4))
     return out
 
 
@@ -214,12 +191,7 @@ def _pillow_staged(item: Item, slots: np.ndarray, stages: dict[str, float]) -> n
     t3 = clock()
     out = patchify(pixels, PATCH, out=_slot(item, slots))
     t4 = clock()
-    for stage, seconds in zip(
-        STAGES,
-        (t1 - t0, t2 - t1, t3 - t2, t4 - t3),
-        strict=True,
-    ):
-        stages[stage] += seconds
+    _add_stage_times(stages, (t0, t1, t2, t3, t4))
     return out
 
 

@@ -1,4 +1,5 @@
-"""Synthetic indexes: image sizes without images, for benchmarks, tests and simulation.
+"""Synthetic data for benchmarks, tests and simulation: image sizes without images, and
+photo-like pixels (`natural_photo`).
 
 `imagenet_like_index` mimics ImageNet-1k's size spread: most images have a 500 px long
 side at 4:3 or 3:2 (landscape twice as often as portrait), the rest spread log-normally
@@ -59,3 +60,28 @@ def synthetic_index(widths: np.ndarray, heights: np.ndarray, num_classes: int = 
 
 def imagenet_like_index(n: int, seed: int = 0) -> pa.Table:
     return synthetic_index(*imagenet_like_sizes(n, seed))
+
+
+def natural_photo(width: int, height: int, seed: int) -> np.ndarray:
+    """Photo-like [height, width, 3] uint8: 1/f noise (natural images' spectrum) shared
+    across channels, hard-edged discs, and sensor noise. Flat colour would hide aliasing
+    and compress unlike photos."""
+    rng = np.random.default_rng(seed)
+    freq = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :])
+    freq[0, 0] = 1.0
+
+    def field() -> np.ndarray:
+        phase = np.exp(2j * np.pi * rng.random(freq.shape))
+        return np.fft.irfft2(phase / freq, s=(height, width)).astype(np.float32)
+
+    shared = field()
+    pixels = np.stack([0.8 * shared + 0.4 * field() for _ in range(3)], axis=-1)
+    pixels = (pixels - pixels.mean()) / pixels.std() * 45 + 120
+    yy, xx = np.ogrid[0:height, 0:width]
+    for _ in range(12):
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        radius = rng.uniform(0.03, 0.2) * min(width, height)
+        disc = (xx - cx) ** 2 + (yy - cy) ** 2 < radius**2
+        pixels[disc] = 0.6 * pixels[disc] + 0.4 * rng.uniform(0, 255, 3)
+    pixels += rng.normal(0, 3, pixels.shape).astype(np.float32)
+    return np.clip(pixels, 0, 255).astype(np.uint8)

@@ -19,6 +19,7 @@ from packer.imageio import (
     read_header,
 )
 from packer.resize import resize_pixels
+from packer.synthetic import natural_photo
 from tests.packer import image_cases as cases
 
 
@@ -263,30 +264,6 @@ def test_write_odd_images_cases_get_their_expected_reasons(tmp_path):
         assert got == reason, relative
 
 
-def _natural_photo(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """Photo-like pixels: 1/f noise shared across channels (natural images' spectrum),
-    a few hard-edged discs and a little sensor noise. Flat colour would hide aliasing."""
-    rng = np.random.default_rng(seed)
-    freq = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :])
-    freq[0, 0] = 1.0
-
-    def field() -> np.ndarray:
-        phase = np.exp(2j * np.pi * rng.random(freq.shape))
-        return np.fft.irfft2(phase / freq, s=(height, width))
-
-    shared = field()
-    pixels = np.stack([0.8 * shared + 0.4 * field() for _ in range(3)], axis=-1)
-    pixels = (pixels - pixels.mean()) / pixels.std() * 45 + 120
-    yy, xx = np.mgrid[0:height, 0:width]
-    for _ in range(12):
-        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-        radius = rng.uniform(0.03, 0.2) * min(width, height)
-        disc = (xx - cx) ** 2 + (yy - cy) ** 2 < radius**2
-        pixels[disc] = 0.6 * pixels[disc] + 0.4 * rng.uniform(0, 255, 3)
-    pixels += rng.normal(0, 3, pixels.shape)
-    return np.clip(pixels, 0, 255).astype(np.uint8)
-
-
 def _float_lanczos(data: bytes, width: int, height: int) -> np.ndarray:
     """The reference: full decode, then an antialiased Lanczos-3 resize in float32."""
     full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float32)
@@ -318,7 +295,7 @@ def test_decode_stays_within_28_db_of_a_float_lanczos_resize_and_of_plain_pillow
     # never more than 0.5 dB below Pillow's own path (draft + antialiased bilinear) on
     # the same target. The DCT-scaled decode itself, which both share, is what keeps
     # some targets near 29 dB on this noisy content (a 1/2 decode for 240x176).
-    data = cases.encode(Image.fromarray(_natural_photo(500, 375)), "JPEG", quality=90)
+    data = cases.encode(Image.fromarray(natural_photo(500, 375, seed=0)), "JPEG", quality=90)
     for width, height in PHOTO_TARGETS:
         reference = _float_lanczos(data, width, height)
         ours = _psnr(decode_resized(data, width, height), reference)
@@ -328,7 +305,7 @@ def test_decode_stays_within_28_db_of_a_float_lanczos_resize_and_of_plain_pillow
 
 def test_jpeg_decodes_to_pillows_draft_pixels_before_the_resize():
     # libjpeg-turbo called directly must pick Pillow's DCT scale and give its pixels.
-    data = cases.encode(Image.fromarray(_natural_photo(500, 375, seed=1)), "JPEG", quality=90)
+    data = cases.encode(Image.fromarray(natural_photo(500, 375, seed=1)), "JPEG", quality=90)
     for width, height in [(448, 336), (240, 176), (112, 80), (40, 32)]:
         image = Image.open(io.BytesIO(data))
         image.draft("RGB", (width, height))
@@ -347,8 +324,8 @@ def test_jpeg_with_a_recoverable_corruption_decodes_as_pillow_decodes_it():
 
 
 def test_decode_is_the_same_bytes_on_every_call():
-    data = cases.encode(Image.fromarray(_natural_photo(500, 375, seed=2)), "JPEG", quality=90)
-    png = cases.encode(Image.fromarray(_natural_photo(200, 150, seed=2)), "PNG")
+    data = cases.encode(Image.fromarray(natural_photo(500, 375, seed=2)), "JPEG", quality=90)
+    png = cases.encode(Image.fromarray(natural_photo(200, 150, seed=2)), "PNG")
     for blob, (width, height) in [(data, (320, 240)), (data, (112, 80)), (png, (96, 64))]:
         first = decode_resized(blob, width, height).tobytes()
         assert all(decode_resized(blob, width, height).tobytes() == first for _ in range(3))
