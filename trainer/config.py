@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
-from trainer.model import MODEL_SIZES, AttnImpl, PosMode
+# Kept here, not in trainer.model, so that a launcher validating a config (navit pretrain)
+# needs no torch. trainer.model builds its layers from these.
+PosMode = Literal["absolute", "fractional"]
+AttnImpl = Literal["auto", "sdpa", "flex"]
+# Named sizes: width, depth, heads (ViT-Ti/S/B/L with 16-pixel patches; tiny for tests).
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"width": 64, "depth": 2, "heads": 2},
+    "s16": {"width": 384, "depth": 12, "heads": 6},
+    "b16": {"width": 768, "depth": 12, "heads": 12},
+    "l16": {"width": 1024, "depth": 24, "heads": 16},
+}
 
 
 def _option(default: Any, help: str, **extra: Any) -> Any:

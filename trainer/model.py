@@ -39,10 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from packer.contract.schema import PackedBatch
+from trainer.config import MODEL_SIZES, AttnImpl, PosMode
 
-PosMode = Literal["absolute", "fractional"]
 QKNorm = Literal["layernorm", "rmsnorm"]
-AttnImpl = Literal["auto", "sdpa", "flex"]
 
 # The keyword arguments of NaViT.forward, in the order of the table above.
 MODEL_INPUTS = (
@@ -111,12 +110,6 @@ class NaViTConfig:
 
 
 # Named sizes: tiny is for CPU tests; s16, b16, l16 are ViT-S/B/L at patch 16.
-MODEL_SIZES: dict[str, dict[str, int]] = {
-    "tiny": {"width": 64, "depth": 2, "heads": 2},
-    "s16": {"width": 384, "depth": 12, "heads": 6},
-    "b16": {"width": 768, "depth": 12, "heads": 12},
-    "l16": {"width": 1024, "depth": 24, "heads": 16},
-}
 
 
 # ---------------------------------------------------------------------------------------

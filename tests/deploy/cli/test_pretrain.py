@@ -110,3 +110,19 @@ def test_the_validation_split_is_a_tenth_by_default_and_reaches_the_options() ->
     assert (options.val_fraction, options.val_seed) == (0.2, 3)
     assert options.packing_config().max_res == 96
     assert options_from_args(parse("d", "--val-fraction=0")).val_fraction == 0.0
+
+
+def test_the_pretrain_launcher_validates_trainer_settings_without_loading_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import deploy.cli.pretrain, deploy.pretrain.supervisor\n"
+        "from trainer.config import TrainConfig\n"
+        "TrainConfig(source='d', steps=1, model='b16')\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
