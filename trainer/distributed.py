@@ -41,6 +41,10 @@ def process_group(rank: int, world_size: int, device: torch.device) -> Iterator[
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size)
     try:
         yield
+        # Leave together: a rank that tears its gloo pairs down while a peer is still in
+        # the last collective (the final evaluation's all-reduce) can make that peer abort
+        # at exit ("terminate called without an active exception", seen 1 run in 4).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
