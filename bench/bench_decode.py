@@ -42,10 +42,11 @@ from PIL import Image
 
 from packer import imageio
 from packer.config import PackingConfig
-from packer.imageio import decode_resized
-from packer.patchify import patchify
-from packer.resize import orient_pixels, resize_pixels
-from packer.sampling import image_keys, sample_resolutions, target_grids
+from packer.image.imageio import decode_resized
+from packer.image.patchify import patchify
+from packer.image.resize import orient_pixels, resize_pixels
+from packer.index.table import image_keys
+from packer.plan.sampling import sample_resolutions, target_grids
 from packer.synthetic import natural_photo
 
 PATCH = 16

@@ -17,9 +17,10 @@ import time
 import numpy as np
 
 from packer.config import PackingConfig
-from packer.packing import lower_bound_sequences
-from packer.plan import ConfigHistory, EpochPlanner
-from packer.simulate import simulate
+from packer.plan.history import ConfigHistory
+from packer.plan.packing import lower_bound_sequences
+from packer.plan.planner import EpochPlanner
+from packer.plan.simulate import simulate
 from packer.synthetic import imagenet_like_index
 
 
@@ -137,7 +138,7 @@ def main() -> None:
     report["efficiency_vs_pack_window"] = curve
     report["other_configs"] = other_configs(config)
     if args.sample:
-        from packer.index import load_index
+        from packer.index.cache import load_index
 
         report["sample"] = compare(load_index(args.sample), config)
     print(json.dumps(report, indent=2))

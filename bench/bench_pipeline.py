@@ -32,10 +32,11 @@ import numpy as np
 from PIL import Image
 
 from packer.config import PackingConfig
-from packer.imageio import decode_resized
-from packer.index import load_index
-from packer.patchify import patchify
-from packer.plan import ConfigHistory, EpochPlanner
+from packer.image.imageio import decode_resized
+from packer.image.patchify import patchify
+from packer.index.cache import load_index
+from packer.plan.history import ConfigHistory
+from packer.plan.planner import EpochPlanner
 
 OUT = Path(__file__).parent / "out"
 

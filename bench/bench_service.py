@@ -60,9 +60,10 @@ OUT = Path(__file__).parent / "out"
 def prefilled_batches(dataset: Path, count: int, batch_size: int) -> list[pa.RecordBatch]:
     """`count` real batches of the transport config, filled once in this process."""
     from packer.config import PackingConfig
-    from packer.index import load_index
+    from packer.index.cache import load_index
     from packer.pipeline import fill_to_ipc
-    from packer.plan import ConfigHistory, EpochPlanner
+    from packer.plan.history import ConfigHistory
+    from packer.plan.planner import EpochPlanner
 
     config = PackingConfig(seq_len=1024, batch_size=batch_size, max_res=384, pack_window=256)
     index = load_index(str(dataset), cache_dir=OUT / "index-cache")

@@ -40,15 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
 from packer.config import PackingConfig
 from packer.contract.cursor import Cursor
+from packer.contract.packed_folder import batch_path, write_batch_file
 from packer.contract.schema import PackedBatch, to_record_batch
-from packer.packing import BinLimits, pack
-from packer.sampling import sample_resolutions, target_grids
+from packer.plan.packing import BinLimits, pack
+from packer.plan.sampling import sample_resolutions, target_grids
 from packer.synthetic import imagenet_like_sizes
 from trainer.data import iter_batches, to_device
 from trainer.model import MODEL_INPUTS, MODEL_SIZES, NaViT, NaViTConfig, pad_one_image_per_row
@@ -118,11 +118,7 @@ def packed_steps(args: argparse.Namespace) -> list[PackedBatch]:
 
 def write_folder(batches: list[PackedBatch], root: Path) -> None:
     for j, batch in enumerate(batches):
-        path = root / "epoch-000" / f"batch-{j:06d}.arrow"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        record_batch = to_record_batch(batch)
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, record_batch.schema) as w:
-            w.write_batch(record_batch)
+        write_batch_file(batch_path(root, 0, j), to_record_batch(batch))
 
 
 def images_of(batch: PackedBatch) -> list[list[torch.Tensor]]:

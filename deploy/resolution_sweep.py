@@ -26,10 +26,10 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from packer.config import ResolutionMode
+from packer.config import ResolutionMode, fixed_resolution_config
 from packer.contract.cursor import Cursor
 from packer.contract.schema import PackedBatch
-from packer.fixed_resolution import fixed_resolution_config, pack_in_process
+from packer.fill.in_process import pack_in_process
 from trainer.data import iter_batches
 from trainer.evaluate import EvalResult, evaluate_batches
 from trainer.model import NaViT

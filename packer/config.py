@@ -9,8 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Literal
 
 ResolutionMode = Literal["area", "side"]
@@ -148,6 +151,27 @@ class PackingConfig:
     def from_json(cls, text: str) -> PackingConfig:
         return cls.from_dict(json.loads(text))
 
+    @classmethod
+    def load(
+        cls, file: str | os.PathLike[str] | None = None, overrides: Iterable[str] = ()
+    ) -> PackingConfig:
+        """The config every command starts from: the defaults, then the JSON `file`'s
+        fields, then `key=value` overrides (`--config FILE --set seq_len=512`).
+
+        A file that cannot be read or is not a JSON object is a ConfigError naming
+        `config`, with the file's path.
+        """
+        config = cls()
+        if file is not None:
+            try:
+                values = json.loads(Path(file).read_text())
+            except (OSError, ValueError) as error:
+                raise ConfigError("config", f"{file}: {error}") from None
+            if not isinstance(values, dict):
+                raise ConfigError("config", f"{file}: expected a JSON object of config fields")
+            config = cls.from_dict(values)
+        return config.with_overrides(list(overrides))
+
     def replace(self, **changes: Any) -> PackingConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
@@ -216,3 +240,39 @@ def _positive(config: PackingConfig, *names: str) -> None:
     for name in names:
         if getattr(config, name) <= 0:
             raise ConfigError(name, f"must be positive, got {getattr(config, name)}")
+
+
+# Sequences of at least this many tokens: several small images share one, as in training.
+_FIXED_RESOLUTION_MIN_SEQ_LEN = 256
+
+
+def fixed_resolution_config(
+    resolution: int,
+    patch_size: int,
+    res_mode: ResolutionMode = "area",
+    seq_len: int | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> PackingConfig:
+    """Every image at `resolution`, aspect kept, nothing dropped.
+
+    `seq_len` defaults to enough for the largest image: max(256, (r // p)^2), so r = 384
+    at p = 16 packs sequences of 576 tokens. A resolution below the patch size is a
+    ConfigError naming `resolution`.
+    """
+    if not isinstance(resolution, int) or resolution < patch_size:
+        raise ConfigError(
+            "resolution",
+            f"must be an integer of at least patch_size={patch_size}, got {resolution!r}",
+        )
+    largest = (resolution // patch_size) ** 2
+    return PackingConfig(
+        patch_size=patch_size,
+        seq_len=max(seq_len or _FIXED_RESOLUTION_MIN_SEQ_LEN, largest),
+        batch_size=batch_size,
+        min_res=resolution,
+        max_res=resolution,
+        res_mode=res_mode,
+        token_drop="none",
+        seed=seed,
+    )

@@ -32,14 +32,15 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from packer.batch_files import batch_path, write_batch_file, write_ipc_file
+from packer.contract.packed_folder import batch_path, write_batch_file, write_ipc_file
 from packer.contract.schema import to_record_batch
-from packer.fill import fill_batch
-from packer.index import header_notes, header_reject_details, index_skipped
-from packer.notes import ImageNote
-from packer.plan import BatchPlan, ConfigHistory, EpochPlanner
-from packer.reject_ledger import RejectLedger
-from packer.stats import PackingStats
+from packer.fill.batch import fill_batch
+from packer.image.notes import ImageNote
+from packer.index.reject_ledger import RejectLedger
+from packer.index.table import header_notes, header_rejects, index_skipped
+from packer.plan.history import ConfigHistory
+from packer.plan.planner import BatchPlan, EpochPlanner
+from packer.plan.stats import PackingStats
 
 
 def init_ray(
@@ -242,7 +243,7 @@ def pack_to_dir(
             notes_log.write(json.dumps({"stage": "header", **note.to_dict()}) + "\n")
         for epoch in range(epochs):
             planned = ledger.apply(index, epoch, job_start)
-            rejects = header_reject_details(planned)
+            rejects = header_rejects(planned)
             stats.add_rejected([reason for _, reason, _ in rejects])
             for image_id, reason, detail in rejects:
                 line = {"epoch": epoch, "image_id": image_id, "reason": reason, "detail": detail}

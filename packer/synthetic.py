@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from packer.sampling import image_keys
+from packer.index.table import image_keys
 
 _COMMON_ASPECTS = np.array([4 / 3, 3 / 2, 1.0, 3 / 4, 2 / 3, 16 / 9])
 _COMMON_WEIGHTS = np.array([0.42, 0.16, 0.08, 0.18, 0.08, 0.08])

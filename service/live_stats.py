@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from packer.contract.schema import PackedBatch
-from packer.plan import BatchPlan
-from packer.stats import PackingStats
+from packer.plan.planner import BatchPlan
+from packer.plan.stats import PackingStats
 
 
 @dataclass

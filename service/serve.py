@@ -19,7 +19,6 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -28,7 +27,7 @@ import uvicorn
 from packer.config import PackingConfig
 from service.api.main import create_app
 from service.flight import PackedFlightServer
-from service.job import JobOptions, ServiceJob
+from service.job import ServiceJob
 from service.settings import ServiceSettings
 from service.state import StateStore
 
@@ -151,13 +150,6 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def config_from_settings(settings: ServiceSettings) -> PackingConfig:
-    config = PackingConfig()
-    if settings.config_file is not None:
-        config = PackingConfig.from_json(Path(settings.config_file).read_text())
-    return config.with_overrides(list(settings.config_overrides))
-
-
 def start_service(
     settings: ServiceSettings | None = None,
     *,
@@ -177,7 +169,8 @@ def start_service(
     elif setting_values:
         settings = settings.model_copy(update=setting_values)
     token = settings.bearer_token()
-    config = config if config is not None else config_from_settings(settings)
+    if config is None:
+        config = PackingConfig.load(settings.config_file, settings.config_overrides)
 
     app = create_app(None, token, max_body_bytes=settings.max_body_bytes)
     api = _ApiServer(app, settings)
@@ -186,7 +179,7 @@ def start_service(
     try:
         # The index first: a wrong dataset path fails in a second, before Ray starts.
         if index is None:
-            from packer.index import load_index
+            from packer.index.cache import load_index
 
             index = load_index(settings.dataset, cache_dir=settings.index_cache_dir)
         import ray
@@ -196,20 +189,8 @@ def start_service(
         owns_ray = not ray.is_initialized()
         init_ray(settings.ray_address, settings.ray_num_cpus, verbose=settings.verbose)
         state = StateStore(settings.state_dir)
-        options = JobOptions(
-            max_in_flight=settings.max_in_flight,
-            recent_sequences=settings.recent_sequences,
-            simulate_max_sample=settings.simulate_max_sample,
-            simulate_default_sample=min(
-                settings.simulate_default_sample, settings.simulate_max_sample
-            ),
-            simulate_max_images=settings.simulate_max_images,
-            max_world_size=settings.max_world_size,
-            holdout_fraction=settings.holdout_fraction,
-            holdout_seed=settings.holdout_seed,
-        )
         try:
-            job = ServiceJob(index, config, state, dataset=settings.dataset, options=options)
+            job = ServiceJob(index, config, state, dataset=settings.dataset, settings=settings)
             flight_server = PackedFlightServer(
                 job,
                 settings.host,

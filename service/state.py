@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packer.contract.cursor import Cursor
-from packer.plan import ConfigHistory
+from packer.plan.history import ConfigHistory
 
 DB_NAME = "navit-state.sqlite3"
 

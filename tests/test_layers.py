@@ -6,9 +6,15 @@
       ^
     deploy  (the launch layer: the `navit` CLI and the one-machine pretrain supervisor)
 
+Inside packer, the stages of the data path import only the stages before them:
+
+    packer.image < packer.sources < packer.index < packer.plan < packer.fill < packer.pipeline
+
 A lower layer never names a higher one, not even in a string (e.g. a lazy
 `importlib.import_module("service.serve")`). ruff's banned-api rules (the ruff.toml in
-each package) give the same answer in `make lint`; this test also sees strings and cycles.
+each package) catch the plain cases in `make lint`; this test also sees submodules,
+strings and cycles. Every import counts: at the top of a module, inside a function, and
+under `if TYPE_CHECKING:`.
 """
 
 import ast
@@ -34,13 +40,13 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _imports(path: Path, top_level_only: bool = False) -> set[str]:
-    """Absolute module names imported by the file (relative imports resolved)."""
+def _imports(path: Path) -> set[str]:
+    """Absolute module names imported anywhere in the file (relative imports resolved):
+    at the top, inside functions and under `if TYPE_CHECKING:` alike."""
     tree = ast.parse(path.read_text(), str(path))
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
-    nodes = tree.body if top_level_only else ast.walk(tree)
     names: set[str] = set()
-    for node in nodes:
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -103,6 +109,41 @@ def test_only_the_pipeline_module_of_the_packer_imports_ray(module):
     assert not uses_ray or module == "packer.pipeline"
 
 
+# The data path's stages in order (packer/__init__.py): each imports only earlier ones.
+STAGES = ("packer.image", "packer.sources", "packer.index", "packer.plan", "packer.fill")
+LAST_STAGE = "packer.pipeline"
+
+
+def _stage(name: str) -> int | None:
+    """The position of the stage that module `name` belongs to, None outside the stages."""
+    for position, stage in enumerate((*STAGES, LAST_STAGE)):
+        if name == stage or name.startswith(stage + "."):
+            return position
+    return None
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _stage(m) is not None))
+def test_a_stage_of_the_packer_imports_only_earlier_stages(module):
+    own = _stage(module)
+    later = sorted(n for n in _imports(MODULES[module]) if (_stage(n) or -1) > own)
+    assert not later, f"{module} imports later stages: {later}"
+
+
+def test_the_type_checking_imports_count_as_imports(tmp_path):
+    source = tmp_path / "packer" / "example.py"
+    source.parent.mkdir()
+    source.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from service.job import x\n"
+        "def f():\n    import trainer.model\n"
+    )
+    global ROOT
+    saved, ROOT = ROOT, tmp_path
+    try:
+        assert {"service.job", "trainer.model"} <= _imports(source)
+    finally:
+        ROOT = saved
+
+
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("packer.contract")))
 def test_the_contract_needs_only_numpy_and_pyarrow(module):
     third_party = {
@@ -117,7 +158,7 @@ def test_no_import_cycles_between_modules():
     graph = {
         module: {
             target
-            for name in _imports(path, top_level_only=True)
+            for name in _imports(path)
             for target in (name, name.rsplit(".", 1)[0])
             if target in MODULES and target != module
         }

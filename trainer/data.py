@@ -16,8 +16,8 @@ goes straight to epoch 1. Epochs follow each other until `end_epoch` (None = for
 
 Sources:
 
-* a folder written by `navit pack`: DIR/epoch-{e:03d}/batch-{j:06d}.arrow, one record
-  batch per file, j the global batch index. Rank r of W reads its k-th batch from
+* a folder written by `navit pack` (its layout: packer/contract/packed_folder.py):
+  DIR/epoch-{e:03d}/batch-{j:06d}.arrow, one record batch per file, j the global batch. Rank r of W reads its k-th batch from
   j = global_batch_index(r, W, k) for k < batches_per_rank(B, W), B the epoch's batch
   count; when j >= B it gets an all-padding batch, so every rank sees the same number of
   batches and DDP never waits on a rank that ran out. Epoch e reads epoch-{e mod E}
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import threading
 import warnings
 from collections.abc import Generator, Iterator
@@ -52,13 +51,11 @@ import torch
 
 from packer.contract.auth import bearer_headers
 from packer.contract.cursor import BatchMetadata, Cursor, batches_per_rank, global_batch_index
+from packer.contract.packed_folder import batch_files, epoch_folders, read_batch_file
 from packer.contract.schema import PackedBatch, from_record_batch
 from trainer.model import MODEL_INPUTS
 
 FLIGHT_SCHEMES = ("grpc://", "grpc+tls://", "grpc+tcp://", "grpc+unix://")
-
-_EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
-_BATCH_FILE = re.compile(r"^batch-(\d+)\.arrow$")
 
 # The tensors `to_device` makes: the model inputs, then the labels.
 TENSOR_COLUMNS = (*MODEL_INPUTS, "labels")
@@ -91,62 +88,22 @@ def iter_batches(
 
 
 def read_arrow_file(path: str | os.PathLike[str]) -> PackedBatch:
-    """One `*.arrow` file (IPC file or stream format) as a PackedBatch.
-
-    The file is read into memory here (not memory-mapped) so that the disk reads happen
-    in the prefetch thread rather than as page faults inside the training step; the
-    numpy arrays then view those Arrow buffers without another copy.
-    """
-    with pa.OSFile(str(path), "rb") as handle:
-        data = handle.read_buffer()
-    try:
-        reader = pa.ipc.open_file(data)
-        batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
-    except pa.ArrowInvalid:  # written with the streaming format
-        batches = list(pa.ipc.open_stream(data))
-    if not batches:
-        raise ValueError(f"{path}: no record batch in file")
-    if len(batches) == 1:
-        return from_record_batch(batches[0])
-    return from_record_batch(pa.Table.from_batches(batches))
+    """One batch file of a packed folder (packer.contract.packed_folder) as a PackedBatch;
+    the numpy arrays view the Arrow buffers read into memory, without another copy."""
+    return from_record_batch(read_batch_file(path))
 
 
 class PackedFolder:
     """A folder written by `navit pack`, split among ranks with padding batches."""
 
     def __init__(self, root: Path) -> None:
-        if not root.is_dir():
-            raise FileNotFoundError(f"packed batch folder not found: {root}")
         self.root = root
-        epochs = sorted(
-            (int(m.group(1)), child)
-            for child in root.iterdir()
-            if child.is_dir() and (m := _EPOCH_DIR.match(child.name))
-        )
-        if epochs:
-            numbers = [number for number, _ in epochs]
-            if numbers != list(range(len(numbers))):
-                raise ValueError(f"{root}: epoch folders must be epoch-000.. in order, {numbers}")
-            self.epoch_dirs = [path for _, path in epochs]
-        elif any(_BATCH_FILE.match(child.name) for child in root.iterdir()):
-            self.epoch_dirs = [root]  # a flat folder is a single epoch
-        else:
-            raise FileNotFoundError(f"{root}: no epoch-NNN folders and no batch-*.arrow files")
+        self.epoch_dirs = epoch_folders(root)
         self._empty_shape: dict[Path, tuple[int, int, int]] = {}
 
     def batch_files(self, epoch: int) -> list[Path]:
         """The global batch files of `epoch`, in batch order (epoch wraps, see module doc)."""
-        directory = self.epoch_dirs[epoch % len(self.epoch_dirs)]
-        indexed = sorted(
-            (int(m.group(1)), child)
-            for child in directory.iterdir()
-            if (m := _BATCH_FILE.match(child.name))
-        )
-        numbers = [number for number, _ in indexed]
-        if numbers != list(range(len(numbers))):
-            missing = sorted(set(range(max(numbers, default=-1) + 1)) - set(numbers))
-            raise ValueError(f"{directory}: batch files missing: {missing[:10]}")
-        return [path for _, path in indexed]
+        return batch_files(self.epoch_dirs[epoch % len(self.epoch_dirs)])
 
     def empty_batch(self, files: list[Path]) -> PackedBatch:
         """An all-padding batch shaped like the epoch's batches (rows, seq_len, patch)."""

@@ -25,7 +25,6 @@ time slot) without changing the schedule.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -40,6 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from packer.contract.cursor import Cursor
+from packer.contract.packed_folder import read_class_names
 from packer.contract.schema import PackedBatch
 from trainer.checkpoint import (
     CHECKPOINT_NAME,
@@ -212,15 +212,8 @@ def check_labels(batch: PackedBatch, num_classes: int) -> None:
 def _classes_in_folder(source: str | os.PathLike[str]) -> int | None:
     if is_flight_source(source):
         return None
-    path = Path(source) / "classes.json"
-    if not path.is_file():
-        return None
-    classes = json.loads(path.read_text())
-    if isinstance(classes, dict) and "num_classes" in classes:
-        return int(classes["num_classes"])
-    if isinstance(classes, dict) and "classes" in classes:
-        return len(classes["classes"])
-    return len(classes)
+    names = read_class_names(Path(source))
+    return len(names) if names is not None else None
 
 
 def _every(step: int, period: int) -> bool:

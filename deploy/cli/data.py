@@ -1,7 +1,7 @@
 """`navit sample-data`, `navit simulate`, `navit pack`: the packer's own commands.
 
-`add_config_arguments`/`config_from_args` (the packing config from `--config FILE` and
-repeated `--set KEY=VALUE`) also serve `navit serve` and `navit pretrain`.
+`add_config_arguments` (the packing config's `--config FILE` and repeated `--set
+KEY=VALUE`, read by `PackingConfig.load`) also serves `navit serve` and `navit pretrain`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from deploy.cli import UsageError
 from deploy.cli.pack_progress import PackProgress, summary_lines
 from packer.config import PackingConfig
-from packer.plan import ConfigHistory
+from packer.plan.history import ConfigHistory
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,13 +26,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a packing config field, e.g. --set seq_len=512 (repeatable)",
     )
     parser.add_argument("--config", type=Path, help="a JSON file of packing config fields")
-
-
-def config_from_args(args: argparse.Namespace) -> PackingConfig:
-    config = PackingConfig()
-    if getattr(args, "config", None):
-        config = PackingConfig.from_json(Path(args.config).read_text())
-    return config.with_overrides(args.overrides)
 
 
 def add_sample_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,12 +55,12 @@ def check_epochs(epochs: int) -> None:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from packer.index import load_index
-    from packer.reject_ledger import RejectLedger
-    from packer.simulate import simulate
+    from packer.index.cache import load_index
+    from packer.index.reject_ledger import RejectLedger
+    from packer.plan.simulate import simulate
 
     check_epochs(args.epochs)
-    config = config_from_args(args)
+    config = PackingConfig.load(args.config, args.overrides)
     index = load_index(args.dataset)
     ledger = RejectLedger.for_index(index)
     stats = simulate(index, ConfigHistory.start(config), args.epochs, ledger=ledger).to_dict()
@@ -94,12 +87,13 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_pack(args: argparse.Namespace) -> int:
-    from packer.index import index_class_names, index_stats, load_index
+    from packer.index.cache import load_index
+    from packer.index.table import index_class_names, index_stats
     from packer.pipeline import init_ray, pack_to_dir
-    from packer.simulate import simulate
+    from packer.plan.simulate import simulate
 
     check_epochs(args.epochs)
-    config = config_from_args(args)
+    config = PackingConfig.load(args.config, args.overrides)
     index = load_index(args.dataset)
     history = ConfigHistory.start(config)
     # The planner alone, before any pixel: what the pack should deliver (the live line's

@@ -135,8 +135,8 @@ def _score(model, args: argparse.Namespace, resolutions: list[int], device) -> t
         token = read_token(args.token_file) if is_flight_source(source) else None
         return [evaluate_packed(model, source, device, token)], "as packed, epoch 0"
 
-    from packer.index import load_index
-    from packer.split import split_index
+    from packer.index.cache import load_index
+    from packer.plan.split import split_index
 
     index = load_index(source)
     described = f"all {index.num_rows} images"

@@ -1,4 +1,4 @@
-"""Command-line flags derived from a config dataclass, so each default is written once.
+"""Command-line flags derived from a component's config, so each default is written once.
 
 For a field `warmup_steps: int = 100` with metadata `{"help": "..."}` this adds
 `--warmup-steps` (type int, default 100); `metadata["flag"]` renames the flag
@@ -6,6 +6,11 @@ For a field `warmup_steps: int = 100` with metadata `{"help": "..."}` this adds
 A bool field that defaults to False becomes a switch (`--resume`); one that defaults to
 True becomes a negative switch named by its flag (`progress` -> `--no-progress`). A
 field whose default is None and that the config requires is passed with `required`.
+
+`add_settings_arguments` does the same for a pydantic settings model (the service's
+`ServiceSettings`): one flag per field, its help the field's description; a flag not
+given stays None, so the value comes from the model (its default, or its NAVIT_*
+environment variable); `json_schema_extra={"flag": ...}` renames a flag.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import dataclasses
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 
 
 def flag_name(field: dataclasses.Field) -> str:
@@ -94,3 +102,43 @@ def dataclass_argv(config: Any, exclude: tuple[str, ...] = ()) -> list[str]:
         elif value is not None:
             argv.append(f"{flag_name(field)}={value}")
     return argv
+
+
+def _settings_flag(name: str, extra: Any) -> str:
+    flag = extra.get("flag") if isinstance(extra, dict) else None
+    return flag or "--" + name.replace("_", "-")
+
+
+def add_settings_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    settings_type: type[BaseModel],
+    exclude: tuple[str, ...] = (),
+) -> None:
+    """One flag per field of `settings_type` (see the module doc); default None each."""
+    for name, field in settings_type.model_fields.items():
+        if name in exclude:
+            continue
+        converter, choices = _value_type(field.annotation)
+        default = field.default if field.default is not PydanticUndefined else None
+        shown = "" if default is None else f" (default: {default})"
+        flag = _settings_flag(name, field.json_schema_extra)
+        help_text = (field.description or name.replace("_", " ")) + shown
+        if converter is bool:
+            parser.add_argument(
+                flag, dest=name, action="store_const", const=True, default=None, help=help_text
+            )
+            continue
+        parser.add_argument(
+            flag, dest=name, type=converter, default=None, choices=choices, help=help_text
+        )
+
+
+def settings_values(
+    args: argparse.Namespace, settings_type: type[BaseModel], exclude: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The flags of `add_settings_arguments` that were given, as settings values."""
+    return {
+        name: getattr(args, name)
+        for name in settings_type.model_fields
+        if name not in exclude and getattr(args, name, None) is not None
+    }

@@ -22,6 +22,7 @@ import pydantic
 
 from deploy.cli import UsageError, one_line
 from deploy.cli.data import add_config_arguments
+from deploy.cli.options import add_settings_arguments, settings_values
 from deploy.ready_file import ReadyFile
 from packer.config import ConfigError
 from service.serve import start_service
@@ -30,36 +31,16 @@ from service.settings import ServiceSettings
 log = logging.getLogger("navit.service")
 
 
+# Settings that are no flags of their own: the positional dataset, the secret token
+# (NAVIT_TOKEN or --token-file only, never on a command line), the packing config (the
+# shared --config/--set flags) and --verbose (a flag of every command).
+_NOT_FLAGS = ("dataset", "token", "config_file", "config_overrides", "verbose")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `navit serve` flags: one per ServiceSettings field (service/settings.py)."""
     parser.add_argument("dataset", help="image folder, WebDataset tars or Parquet (local or URI)")
-    # Defaults of None leave the value to ServiceSettings (and its NAVIT_* env variables).
-    parser.add_argument("--host", default=None, help="interface of both servers (127.0.0.1)")
-    parser.add_argument("--api-port", type=int, default=None, help="HTTP port (8000; 0: any)")
-    parser.add_argument("--flight-port", type=int, default=None, help="Flight port (8815; 0: any)")
-    parser.add_argument("--ray-address", default=None, help="Ray cluster (default: local Ray)")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
-    parser.add_argument(
-        "--state-dir", type=Path, default=None, help="SQLite state: config history, cursors"
-    )
-    parser.add_argument("--index-cache-dir", type=Path, default=None)
-    parser.add_argument(
-        "--token-file", type=Path, default=None, help="bearer token (or env NAVIT_TOKEN)"
-    )
-    parser.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate")
-    parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key")
-    parser.add_argument(
-        "--max-in-flight", type=int, default=None, help="fill tasks pending per stream (4)"
-    )
-    parser.add_argument(
-        "--holdout-fraction",
-        type=float,
-        default=None,
-        help="share of images held out of every stream, for validation (0)",
-    )
-    parser.add_argument(
-        "--holdout-seed", type=int, default=None, help="seed of the held-out split (0)"
-    )
-    parser.add_argument("--log-level", default=None, help="info, warning, debug")
+    add_settings_arguments(parser, ServiceSettings, exclude=_NOT_FLAGS)
     parser.add_argument(
         "--ready-file",
         type=Path,
@@ -70,28 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
-    values = {
-        "dataset": args.dataset,
-        "host": args.host,
-        "api_port": args.api_port,
-        "flight_port": args.flight_port,
-        "ray_address": args.ray_address,
-        "ray_num_cpus": args.num_cpus,
-        "state_dir": args.state_dir,
-        "index_cache_dir": args.index_cache_dir,
-        "token_file": args.token_file,
-        "tls_cert": args.tls_cert,
-        "tls_key": args.tls_key,
-        "max_in_flight": args.max_in_flight,
-        "holdout_fraction": args.holdout_fraction,
-        "holdout_seed": args.holdout_seed,
-        "log_level": args.log_level,
-        "config_file": getattr(args, "config", None),
-        "config_overrides": list(getattr(args, "overrides", []) or []) or None,
-        "verbose": True if getattr(args, "verbose", False) else None,
-    }
+    """ServiceSettings from the flags given; the rest from its defaults and NAVIT_* vars."""
+    values = settings_values(args, ServiceSettings, exclude=_NOT_FLAGS)
+    values["dataset"] = args.dataset
+    if getattr(args, "config", None) is not None:
+        values["config_file"] = args.config
+    if getattr(args, "overrides", None):
+        values["config_overrides"] = list(args.overrides)
+    if getattr(args, "verbose", False):
+        values["verbose"] = True
     try:
-        return ServiceSettings(**{k: v for k, v in values.items() if v is not None})
+        return ServiceSettings(**values)
     except pydantic.ValidationError as error:
         raise UsageError(f"invalid setting {settings_problems(error)}") from None
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from packer.config import ConfigError, PackingConfig
-from packer.split import check_fraction
+from packer.plan.split import check_fraction
 from trainer.config import TrainConfig
 
 # Pretrain's own defaults for trainer settings: a short local run, so a higher peak LR,
@@ -115,10 +115,7 @@ class PretrainOptions:
 
     def packing_config(self) -> PackingConfig:
         """The packing config the service starts with (--config file, then --set)."""
-        config = PackingConfig()
-        if self.config_file is not None:
-            config = PackingConfig.from_json(Path(self.config_file).read_text())
-        return config.with_overrides(list(self.overrides))
+        return PackingConfig.load(self.config_file, self.overrides)
 
     @property
     def steps(self) -> int:

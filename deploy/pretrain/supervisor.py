@@ -150,7 +150,8 @@ class Pretrain:
     def _describe_dataset(self) -> None:
         # The index is loaded here once (and cached) for the class count; the service
         # then finds it in the cache instead of scanning the headers again.
-        from packer.index import index_class_names, index_stats, load_index
+        from packer.index.cache import load_index
+        from packer.index.table import index_class_names, index_stats
 
         index = load_index(self.options.dataset)
         stats = index_stats(index)

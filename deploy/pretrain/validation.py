@@ -39,8 +39,9 @@ class ValidationSet:
 
 def pack_validation(index: pa.Table, options: PretrainOptions, run_dir: Path) -> ValidationSet:
     """Split `index` as the service will and pack the held-out part into run_dir/val."""
-    from packer.fixed_resolution import fixed_resolution_config, write_packed_folder
-    from packer.split import split_index
+    from packer.config import fixed_resolution_config
+    from packer.fill.in_process import write_packed_folder
+    from packer.plan.split import split_index
 
     _, val = split_index(index, options.val_fraction, options.val_seed)
     base = options.packing_config()

@@ -10,7 +10,7 @@ from typing import ClassVar
 import pyarrow.fs as pafs
 from PIL import Image
 
-from packer.imageio import DECODED_FORMATS
+from packer.image.imageio import DECODED_FORMATS
 from packer.sources.record import Record
 from packer.sources.source import Source
 

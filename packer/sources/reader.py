@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from packer.imageio import RejectedImage
+from packer.image.reject import RejectedImage
 from packer.sources.location import resolve
 from packer.sources.parquet import ParquetImages
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from packer.imageio import REJECT_REASONS
+from packer.image.reject import REJECT_REASONS
 
 # The id suffix of the stand-in record for a shard or Parquet file that cannot be listed.
 UNREADABLE = "#unreadable"

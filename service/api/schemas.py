@@ -93,6 +93,10 @@ class ConfigResponse(BaseModel):
 
 
 class PackingStatsOut(BaseModel):
+    """packer.plan.stats.PackingStats.to_dict(), field for field (a test holds it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     images_in: int
     images_packed: int
     images_rejected: int
@@ -107,12 +111,20 @@ class PackingStatsOut(BaseModel):
     tokens_per_image_mean: float
     images_per_sequence_hist: dict[str, int]
     tokens_per_image_hist: dict[str, int]
+    notes: dict[str, int] = Field(description="Pillow warnings while decoding, by kind")
+    skipped_by_extension: dict[str, int] = Field(
+        description="files of the dataset that are not dataset files, by extension"
+    )
     elapsed_s: float
     images_per_s: float | None
     tokens_per_s: float | None
 
 
 class RatesOut(BaseModel):
+    """Delivery rates of service.live_stats, field for field (a test holds it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     seconds: float
     batches: int
     sequences: int
@@ -141,6 +153,10 @@ class VersionStatsOut(BaseModel):
 
 
 class RankOut(BaseModel):
+    """One row of RankStreams.positions (service/job/streams.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     rank: int
     world_size: int
     epoch: int
@@ -208,6 +224,10 @@ class StatsResponse(BaseModel):
     throughput: ThroughputOut
     by_config_version: list[VersionStatsOut]
     rejected_by_reason: dict[str, int]
+    notes: dict[str, int] = Field(description="Pillow warnings while decoding, by kind")
+    skipped_by_extension: dict[str, int] = Field(
+        description="files of the dataset that are not dataset files, by extension"
+    )
     ranks: list[RankOut]
     streams: StreamsOut
     trainers: list[TrainerOut]

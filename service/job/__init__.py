@@ -10,11 +10,9 @@
 from service.batch_source import OutgoingBatch, ServiceStopping
 from service.job.errors import ConfigConflict, VersionMismatch
 from service.job.job import ServiceJob
-from service.job.options import JobOptions
 
 __all__ = [
     "ConfigConflict",
-    "JobOptions",
     "OutgoingBatch",
     "ServiceJob",
     "ServiceStopping",

@@ -19,11 +19,12 @@ import numpy as np
 import pyarrow as pa
 
 from packer.config import ConfigError, PackingConfig
-from packer.plan import ConfigHistory, ConfigVersion, EpochPlanner
-from packer.simulate import simulate
+from packer.plan.history import ConfigHistory, ConfigVersion
+from packer.plan.planner import EpochPlanner
+from packer.plan.simulate import simulate
 from service.job.errors import ConfigConflict, VersionMismatch
-from service.job.options import JobOptions
 from service.job.planning import EpochPlanners
+from service.settings import ServiceSettings
 from service.state import StateStore
 
 log = logging.getLogger("navit.service")
@@ -56,10 +57,10 @@ class ConfigControl:
         state: StateStore,
         *,
         dataset: str,
-        options: JobOptions,
+        settings: ServiceSettings,
     ) -> None:
         self.index = index
-        self.options = options
+        self.settings = settings
         self._state = state
         self._dataset = dataset
         self._change_lock = threading.Lock()  # one config change at a time
@@ -108,16 +109,16 @@ class ConfigControl:
 
     def check_runnable(self, config: PackingConfig) -> None:
         """Refuse a config this service could not run safely (ConfigError names the field)."""
-        if batch_bytes(config) > self.options.max_batch_bytes:
-            most = self.options.max_batch_bytes // (config.seq_len * config.patch_dim)
+        if batch_bytes(config) > self.settings.max_batch_bytes:
+            most = self.settings.max_batch_bytes // (config.seq_len * config.patch_dim)
             raise ConfigError(
                 "batch_size",
                 f"a batch of {config.batch_size} sequences holds {batch_bytes(config)} bytes of "
-                f"pixels, more than the service's limit of {self.options.max_batch_bytes}; "
+                f"pixels, more than the service's limit of {self.settings.max_batch_bytes}; "
                 f"use at most {most}",
             )
         # Plan a sample with it: a config accepted here is one the planner can run.
-        sample = self.sample_index(self.options.dry_run_images, seed=1)
+        sample = self.sample_index(self.settings.dry_run_images, seed=1)
         try:
             planner = EpochPlanner(sample, ConfigHistory.start(config), 0)
             for _ in planner.iter_batches():
@@ -182,19 +183,19 @@ class ConfigControl:
     ) -> dict[str, Any]:
         """Stats a proposed config would give on a sample of this dataset, next to the
         current config's on the same sample. Touches nothing of the running job."""
-        size = self.options.simulate_default_sample if sample_size is None else sample_size
-        if not 1 <= size <= self.options.simulate_max_sample:
+        size = self.settings.simulate_default_sample if sample_size is None else sample_size
+        if not 1 <= size <= self.settings.simulate_max_sample:
             raise ConfigError(
-                "sample_size", f"must lie in [1, {self.options.simulate_max_sample}], got {size}"
+                "sample_size", f"must lie in [1, {self.settings.simulate_max_sample}], got {size}"
             )
         # What one run costs: every sampled image planned once per epoch (twice, with the
         # baseline), under the planner of no running stream but on the service's CPUs.
         cost = min(size, self.index.num_rows) * epochs
-        if cost > self.options.simulate_max_images:
+        if cost > self.settings.simulate_max_images:
             raise ConfigError(
                 "epochs",
                 f"sample_size x epochs = {cost} images, more than the service's limit of "
-                f"{self.options.simulate_max_images} (simulate_max_images); use a smaller "
+                f"{self.settings.simulate_max_images} (simulate_max_images); use a smaller "
                 "sample_size or fewer epochs",
             )
         current = self.current

@@ -2,7 +2,7 @@
 
 One job owns the index, the config (`ConfigControl`: history, planners, changes,
 what-if runs), the rank streams (`RankStreams`: planning per rank, bounded fills,
-cursors), the live statistics and what the control plane shows (`status`). The Flight
+cursors), the live statistics, the layouts sent lately and the trainers' reports. The Flight
 server streams from it (`open_rank_stream`), the FastAPI routers read and change it.
 """
 
@@ -17,16 +17,16 @@ import pyarrow as pa
 from packer.config import PackingConfig
 from packer.contract.cursor import Cursor
 from packer.contract.schema import packed_schema
-from packer.index import header_rejects, index_skipped
-from packer.plan import ConfigHistory, ConfigVersion
-from packer.split import split_index
+from packer.index.table import header_rejects, index_skipped
+from packer.plan.history import ConfigHistory, ConfigVersion
+from packer.plan.split import split_index
 from service.batch_source import OutgoingBatch
-from service.job import status
 from service.job.config_control import ConfigControl
-from service.job.options import JobOptions
-from service.job.status import RecentLayouts, TrainerReports
+from service.job.layouts import RecentLayouts
 from service.job.streams import FillFunction, RankStreams, StreamStatus
+from service.job.trainer_reports import TrainerReports
 from service.live_stats import LiveStats
+from service.settings import ServiceSettings
 from service.state import StateStore
 
 
@@ -40,37 +40,37 @@ class ServiceJob:
         state: StateStore,
         *,
         dataset: str = "",
-        options: JobOptions | None = None,
+        settings: ServiceSettings | None = None,
         fill: FillFunction | None = None,
     ) -> None:
-        self.options = options or JobOptions()
+        # The service's one settings object: its limits, the held-out split, streams.
+        self.settings = settings or ServiceSettings()
         # The held-out images leave the index before anything plans it: no stream, no
         # /simulate and no count of the job's images includes them.
         index, held_out = split_index(
-            index, self.options.holdout_fraction, self.options.holdout_seed
+            index, self.settings.holdout_fraction, self.settings.holdout_seed
         )
         self.held_out_images = held_out.num_rows
         self.index = index
         self.state = state
         self.dataset = dataset
         self.started_at = time.time()
-        rejects = [reason for _, reason in header_rejects(index)]
         self.num_images = index.num_rows
-        self.num_valid_images = index.num_rows - len(rejects)
+        self.num_valid_images = index.num_rows - len(header_rejects(index))
         self.stats = LiveStats()
         self.stats.add_skipped(index_skipped(index))
         self.config_control = ConfigControl(
-            index, config, state, dataset=dataset, options=self.options
+            index, config, state, dataset=dataset, settings=self.settings
         )
-        self.recent = RecentLayouts(self.options.recent_sequences)
+        self.recent = RecentLayouts(self.settings.recent_sequences)
         self.trainer_reports = TrainerReports()
         self.rank_streams = RankStreams(
             self.config_control.planners,
             state,
             self.stats,
             self.recent,
-            max_in_flight=self.options.max_in_flight,
-            max_world_size=self.options.max_world_size,
+            max_in_flight=self.settings.max_in_flight,
+            max_world_size=self.settings.max_world_size,
             fill=fill,
         )
 
@@ -102,7 +102,7 @@ class ServiceJob:
             "batch_size": current.config.batch_size,
             "images": self.num_images,
             "valid_images": self.num_valid_images,
-            "max_in_flight": self.options.max_in_flight,
+            "max_in_flight": self.settings.max_in_flight,
         }
 
     def update_config(
@@ -134,7 +134,7 @@ class ServiceJob:
 
     def rank_positions(self, now: float | None = None) -> list[dict[str, Any]]:
         """Each rank's cursor, and its lag behind the furthest rank of its world size."""
-        return status.rank_rows(self.rank_streams.ranks(), time.time() if now is None else now)
+        return self.rank_streams.positions(time.time() if now is None else now)
 
     def recent_sequences(self, limit: int | None = None) -> list[dict[str, Any]]:
         return self.recent.sequences(limit)
@@ -144,7 +144,3 @@ class ServiceJob:
 
     def trainers(self, now: float | None = None) -> list[dict[str, Any]]:
         return self.trainer_reports.entries(now)
-
-    def summary(self) -> dict[str, Any]:
-        """Everything GET /stats shows."""
-        return status.summary(self, time.time())

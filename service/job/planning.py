@@ -26,9 +26,10 @@ import pyarrow as pa
 
 from packer.config import PackingConfig
 from packer.contract.cursor import Cursor, TicketError
-from packer.index import header_reject_details
-from packer.plan import BatchPlan, ConfigHistory, ConfigVersion, EpochPlanner
-from packer.reject_ledger import RejectLedger
+from packer.index.reject_ledger import RejectLedger
+from packer.index.table import header_rejects
+from packer.plan.history import ConfigHistory, ConfigVersion
+from packer.plan.planner import BatchPlan, EpochPlanner
 from service.state import StateStore
 
 # Planners are cheap to rebuild (deterministic), so only the latest few epochs are kept.
@@ -88,7 +89,7 @@ class EpochPlanners:
         unreadable header, or a decode failure found in an earlier epoch."""
         with self._lock:
             # The planner's own table: exactly what its plan leaves out.
-            return header_reject_details(self._planner(epoch).index)
+            return header_rejects(self._planner(epoch).index)
 
     def record_rejects(self, rejected: list[tuple[str, str, str]]) -> int:
         """Remember images the fill rejected, from the first epoch not yet planned;

@@ -32,16 +32,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from packer.contract.cursor import BatchMetadata, Cursor, TicketError
 from packer.contract.schema import from_record_batch
-from packer.plan import BatchPlan
+from packer.plan.planner import BatchPlan
 from service.batch_source import OutgoingBatch, ServiceStopping
+from service.job.layouts import RecentLayouts
 from service.job.planning import EpochPlanners
-from service.job.status import RecentLayouts
 from service.live_stats import LiveStats
 from service.state import CursorRecord, StateStore
 
@@ -293,9 +293,44 @@ class RankStreams:
             items = sorted(self._ranks.items(), key=lambda kv: (kv[0][1], kv[0][0]))
             return [(dataclasses.replace(rank), in_flight.get(key, 0)) for key, rank in items]
 
+    def positions(self, now: float) -> list[dict[str, Any]]:
+        """Each kept rank's cursor and its lag behind the furthest rank (`rank_rows`)."""
+        return rank_rows(self.ranks(), now)
+
     def open_counts(self) -> tuple[int, int]:
         """(open streams, the most fill tasks any of them had in flight)."""
         with self._lock:
             active = len(self._open)
             most = max((s.max_in_flight_seen for s in self._open.values()), default=0)
         return active, most
+
+
+def rank_rows(ranks: list[tuple[RankStatus, int]], now: float) -> list[dict[str, Any]]:
+    """Each rank's cursor and its lag behind the furthest rank of its world size.
+
+    With ranks 0 and 1 of 2 at (epoch 0, batch 5) and (epoch 0, batch 3), rank 1 lags
+    by 2 batches; a rank an epoch behind lags by 1 epoch and lag_batches is None.
+    """
+    lead: dict[int, tuple[int, int]] = {}
+    for rank, _ in ranks:
+        c = rank.cursor
+        lead[c.world_size] = max(lead.get(c.world_size, (0, 0)), (c.epoch, c.next_batch))
+    rows = []
+    for rank, in_flight in ranks:
+        c = rank.cursor
+        lead_epoch, lead_batch = lead[c.world_size]
+        rows.append(
+            {
+                "rank": c.rank,
+                "world_size": c.world_size,
+                "epoch": c.epoch,
+                "next_batch": c.next_batch,
+                "batches_sent": rank.batches_sent,
+                "connected": rank.open_streams > 0,
+                "in_flight": in_flight,
+                "lag_epochs": lead_epoch - c.epoch,
+                "lag_batches": lead_batch - c.next_batch if lead_epoch == c.epoch else None,
+                "idle_s": round(now - rank.updated_at, 3),
+            }
+        )
+    return rows

@@ -13,10 +13,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from packer.config import PackingConfig
-from packer.fixed_resolution import write_packed_folder
-from packer.index import load_index
+from packer.fill.in_process import write_packed_folder
+from packer.index.cache import load_index
+from packer.plan.split import split_index
 from packer.sample_data import write_sample_dataset
-from packer.split import split_index
 from trainer.config import TrainConfig
 from trainer.train import train
 

@@ -14,9 +14,9 @@ from deploy.resolution_sweep import (
     sweep_dataset,
     write_plot,
 )
-from packer.config import ConfigError
-from packer.fixed_resolution import fixed_resolution_config, write_packed_folder
-from packer.sampling import target_grids
+from packer.config import ConfigError, fixed_resolution_config
+from packer.fill.in_process import write_packed_folder
+from packer.plan.sampling import target_grids
 from tests.deploy.sample_model import PATCH, SampleModel
 from trainer.checkpoint import load_trained_model
 

@@ -10,12 +10,13 @@ import pytest
 
 from packer.config import PackingConfig
 from packer.contract.schema import from_record_batch, to_record_batch
-from packer.fill import fill_batch
-from packer.index import load_index
-from packer.plan import ConfigHistory, EpochPlanner
-from packer.reject_ledger import RejectLedger
+from packer.fill.batch import fill_batch
+from packer.index.cache import load_index
+from packer.index.reject_ledger import RejectLedger
+from packer.plan.history import ConfigHistory
+from packer.plan.planner import EpochPlanner
+from packer.plan.simulate import simulate
 from packer.sample_data import write_sample_dataset
-from packer.simulate import simulate
 from tests.packer.image_cases import write_odd_images
 
 SETTINGS = ["seq_len=256", "max_res=192", "batch_size=4", "pack_window=24"]

@@ -32,7 +32,7 @@ def index_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_index(sample_dataset: Path, index_cache_dir: Path) -> pa.Table:
-    from packer.index import load_index
+    from packer.index.cache import load_index
 
     return load_index(str(sample_dataset), cache_dir=index_cache_dir)
 

@@ -13,9 +13,9 @@ import pyarrow.flight as flight
 
 from packer.config import PackingConfig
 from packer.contract.schema import from_record_batch, to_record_batch
-from packer.fill import fill_batch
-from packer.notes import ImageNote
-from packer.plan import BatchPlan
+from packer.fill.batch import fill_batch
+from packer.image.notes import ImageNote
+from packer.plan.planner import BatchPlan
 from service.flight import bearer_call_options
 
 # Small enough that an epoch of 48 sample images is a few seconds on 2 cores, and gives

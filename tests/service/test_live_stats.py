@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from packer.contract.schema import PackedBatch
-from packer.plan import BatchPlan, ConfigVersion
+from packer.plan.history import ConfigVersion
+from packer.plan.planner import BatchPlan
 from service.live_stats import LiveStats
 from tests.service.service_testkit import SMALL_CONFIG
 

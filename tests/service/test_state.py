@@ -4,7 +4,7 @@ reopen of the same directory; with no directory nothing is written anywhere."""
 from __future__ import annotations
 
 from packer.contract.cursor import Cursor
-from packer.plan import ConfigHistory
+from packer.plan.history import ConfigHistory
 from service.state import DB_NAME, CursorRecord, StateStore
 from tests.service.service_testkit import SMALL_CONFIG
 

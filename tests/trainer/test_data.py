@@ -10,6 +10,7 @@ import torch
 from pyarrow import flight
 
 from packer.contract.cursor import Cursor
+from packer.contract.packed_folder import batch_path
 from packer.contract.schema import PackedBatch
 from tests.trainer.trainer_synthetic import ListFlightServer, make_batch, random_layout, write_arrow
 from trainer.data import iter_batches, prefetch_in_thread, read_arrow_file, to_device
@@ -27,7 +28,7 @@ def batches_for(count: int, seed: int) -> list[PackedBatch]:
 
 def write_epoch(root, epoch: int, batches: list[PackedBatch]) -> None:
     for j, batch in enumerate(batches):
-        write_arrow(batch, root / f"epoch-{epoch:03d}" / f"batch-{j:06d}.arrow")
+        write_arrow(batch, batch_path(root, epoch, j))
 
 
 def test_arrow_file_round_trips(tmp_path):

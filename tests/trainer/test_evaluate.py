@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from packer.contract.packed_folder import batch_path
 from packer.contract.schema import PackedBatch
 from tests.trainer.trainer_synthetic import (
     learnable_batches,
@@ -78,7 +79,7 @@ def test_a_label_beyond_the_models_classes_is_an_error_naming_it():
 def test_folder_evaluation_matches_the_batch_evaluation(tmp_path):
     batches = learnable_batches(3, seed=5)
     for j, batch in enumerate(batches):
-        write_arrow(batch, tmp_path / "val" / "epoch-000" / f"batch-{j:06d}.arrow")
+        write_arrow(batch, batch_path(tmp_path / "val", 0, j))
     model = _model(1)
     record = evaluate(model, tmp_path / "val", step=7)
     result = evaluate_batches(model, batches)

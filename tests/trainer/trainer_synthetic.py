@@ -14,6 +14,7 @@ import pyarrow as pa
 from pyarrow import flight
 
 from packer.contract.cursor import BatchMetadata
+from packer.contract.packed_folder import write_batch_file
 from packer.contract.schema import PackedBatch, to_record_batch
 
 Grid = tuple[int, int]
@@ -80,10 +81,7 @@ def make_batch(
 
 
 def write_arrow(batch: PackedBatch, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record_batch = to_record_batch(batch)
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, record_batch.schema) as writer:
-        writer.write_batch(record_batch)
+    write_batch_file(path, to_record_batch(batch))
 
 
 def random_layout(rng: np.random.Generator, num_sequences: int, seq_len: int) -> list[list[Grid]]:

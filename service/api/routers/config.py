@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Response
 
 from packer.config import ConfigError
-from packer.plan import ConfigVersion
+from packer.plan.history import ConfigVersion
 from service.api.deps import ApiError, Authorized, JobDep, config_error_422
 from service.api.schemas import (
     BAD_BODY,

@@ -20,6 +20,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from service.api.routers.stats import stats_response
+
 router = APIRouter(tags=["metrics"])
 
 
@@ -33,22 +35,20 @@ class JobCollector(Collector):
         job = self.app.state.job
         if job is None:
             return
-        summary = job.summary()
-        packing = summary["packing"]
-        run = summary["throughput"]["run"]
-        minute = summary["throughput"]["last_minute"]
+        stats = stats_response(job)
+        run, minute = stats.throughput.run, stats.throughput.last_minute
         yield GaugeMetricFamily(
-            "navit_config_version", "current packing config version", summary["config_version"]
+            "navit_config_version", "current packing config version", stats.config_version
         )
         yield GaugeMetricFamily(
             "navit_packing_efficiency",
             "real / all tokens of planned sequences, run",
-            packing["efficiency"],
+            stats.packing.efficiency,
         )
         yield GaugeMetricFamily(
             "navit_packing_efficiency_last_minute",
             "real / all tokens delivered, last minute",
-            minute["efficiency"],
+            minute.efficiency,
         )
         for name, key, help_text in (
             ("navit_batches_delivered", "batches", "batches sent to trainer ranks"),
@@ -58,13 +58,15 @@ class JobCollector(Collector):
             ("navit_pad_tokens_delivered", "pad_tokens", "padding tokens sent"),
             ("navit_bytes_delivered", "bytes", "Arrow bytes sent"),
         ):
-            yield CounterMetricFamily(name, help_text, value=run[key])
+            yield CounterMetricFamily(name, help_text, value=getattr(run, key))
         for key in ("images_per_s", "tokens_per_s", "sequences_per_s", "bytes_per_s"):
-            yield GaugeMetricFamily(f"navit_{key}_last_minute", f"{key}, last minute", minute[key])
+            yield GaugeMetricFamily(
+                f"navit_{key}_last_minute", f"{key}, last minute", getattr(minute, key)
+            )
         rejected = CounterMetricFamily(
             "navit_images_rejected", "images rejected, by reason", labels=["reason"]
         )
-        for reason, count in summary["rejected_by_reason"].items():
+        for reason, count in stats.rejected_by_reason.items():
             rejected.add_metric([reason], count)
         yield rejected
         cursor = GaugeMetricFamily(
@@ -73,22 +75,20 @@ class JobCollector(Collector):
         in_flight = GaugeMetricFamily(
             "navit_rank_in_flight", "fill tasks pending per rank", labels=["rank", "world_size"]
         )
-        for r in summary["ranks"]:
-            labels = [str(r["rank"]), str(r["world_size"])]
-            cursor.add_metric(labels, r["next_batch"])
-            in_flight.add_metric(labels, r["in_flight"])
+        for r in stats.ranks:
+            labels = [str(r.rank), str(r.world_size)]
+            cursor.add_metric(labels, r.next_batch)
+            in_flight.add_metric(labels, r.in_flight)
         yield cursor
         yield in_flight
-        yield GaugeMetricFamily(
-            "navit_streams_active", "open Flight streams", summary["streams"]["active"]
-        )
+        yield GaugeMetricFamily("navit_streams_active", "open Flight streams", stats.streams.active)
         wait = GaugeMetricFamily(
             "navit_trainer_data_wait_fraction",
             "share of step time waiting for data",
             labels=["rank"],
         )
-        for t in summary["trainers"]:
-            wait.add_metric([str(t["rank"])], t["data_wait_fraction"])
+        for t in stats.trainers:
+            wait.add_metric([str(t.rank)], t.data_wait_fraction)
         yield wait
 
 

@@ -1,24 +1,82 @@
-"""GET /stats: packing efficiency, throughput, histograms, rejects, rank cursors, trainers."""
+"""GET /stats: packing efficiency, throughput, histograms, rejects, rank cursors, trainers.
+
+The shape of /stats is `StatsResponse` (service/api/schemas.py), built here from the
+job's parts and nowhere else: the Prometheus collector reads the same object.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from service.api.deps import JobDep
-from service.api.schemas import StatsResponse, TimelineResponse
+from service.api.schemas import (
+    HoldoutOut,
+    PackingStatsOut,
+    RankOut,
+    StatsResponse,
+    StreamsOut,
+    ThroughputOut,
+    TimelineResponse,
+    TrainerOut,
+    VersionStatsOut,
+)
+from service.job import ServiceJob
 
 router = APIRouter(tags=["stats"])
 
 
+def stats_response(job: ServiceJob, now: float | None = None) -> StatsResponse:
+    """Everything GET /stats shows, at `now` (default: the current time)."""
+    now = time.time() if now is None else now
+    packing = PackingStatsOut.model_validate(job.stats.packing())
+    configs = {e.version: e for e in list(job.history.entries)}
+    active, max_seen = job.rank_streams.open_counts()
+    trainers = [TrainerOut.model_validate(t) for t in job.trainers(now)]
+    return StatsResponse(
+        dataset=job.dataset,
+        uptime_s=round(now - job.started_at, 3),
+        config_version=job.config_version.version,
+        images=job.num_images,
+        valid_images=job.num_valid_images,
+        holdout=HoldoutOut(
+            fraction=job.settings.holdout_fraction,
+            seed=job.settings.holdout_seed,
+            held_out_images=job.held_out_images,
+        ),
+        efficiency=packing.efficiency,
+        packing=packing,
+        throughput=ThroughputOut.model_validate(job.stats.throughput(now)),
+        by_config_version=[
+            VersionStatsOut(
+                config_version=version,
+                from_epoch=configs[version].epoch if version in configs else None,
+                from_window=configs[version].window if version in configs else None,
+                stats=PackingStatsOut.model_validate(stats),
+            )
+            for version, stats in job.stats.by_version().items()
+        ],
+        rejected_by_reason=packing.rejected_by_reason,
+        notes=packing.notes,
+        skipped_by_extension=packing.skipped_by_extension,
+        ranks=[RankOut.model_validate(row) for row in job.rank_positions(now)],
+        streams=StreamsOut(
+            active=active, max_in_flight=job.settings.max_in_flight, max_in_flight_seen=max_seen
+        ),
+        trainers=trainers,
+        trainers_starved=sum(1 for t in trainers if t.starved),
+    )
+
+
 @router.get("/stats", response_model=StatsResponse)
-async def get_stats(job: JobDep) -> dict:
+async def get_stats(job: JobDep) -> StatsResponse:
     """Efficiency (real / all tokens) over the run, the last minute and per config
     version; images/s, tokens/s, sequences/s; histograms of images per sequence and
     tokens per image; rejected images by reason; each rank's cursor and lag; trainer
     reports (are they waiting for data?)."""
-    return job.summary()
+    return stats_response(job)
 
 
 @router.get("/stats/timeline", response_model=TimelineResponse)

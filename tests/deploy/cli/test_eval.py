@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from deploy.cli import main
-from packer.fixed_resolution import fixed_resolution_config, pack_in_process, write_packed_folder
+from packer.config import fixed_resolution_config
+from packer.fill.in_process import pack_in_process, write_packed_folder
 from tests.deploy.sample_model import PATCH, VAL_FRACTION, VAL_SEED, SampleModel
 from tests.trainer.trainer_synthetic import ListFlightServer
 

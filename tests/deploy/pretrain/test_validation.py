@@ -8,10 +8,10 @@ import numpy as np
 
 from deploy.pretrain.options import PretrainOptions
 from deploy.pretrain.validation import pack_validation
-from packer.index import load_index
+from packer.index.cache import load_index
+from packer.plan.sampling import target_grids
+from packer.plan.split import split_index
 from packer.sample_data import write_sample_dataset
-from packer.sampling import target_grids
-from packer.split import split_index
 from trainer.data import PackedFolder, read_arrow_file
 
 

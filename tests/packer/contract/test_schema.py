@@ -24,9 +24,10 @@ from packer.contract.schema import (
     packed_schema,
     to_record_batch,
 )
-from packer.fill import fill_batch
-from packer.index import load_index
-from packer.plan import ConfigHistory, EpochPlanner
+from packer.fill.batch import fill_batch
+from packer.index.cache import load_index
+from packer.plan.history import ConfigHistory
+from packer.plan.planner import EpochPlanner
 from tests.packer.image_cases import write_odd_images
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from packer.imageio import RejectedImage, decode_resized
+from packer.image.imageio import decode_resized
+from packer.image.reject import RejectedImage
 from packer.sources import open_source
 from packer.sources.image_folder import IMAGE_EXTENSIONS
 from tests.packer import image_cases as cases

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from packer.imageio import read_header
+from packer.image.imageio import read_header
 from packer.sample_data import write_parquet
 from packer.sources import ByteReader, image_column, open_source
 from tests.packer import image_cases as cases

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from packer.imageio import RejectedImage
+from packer.image.reject import RejectedImage
 from packer.sources import ByteReader
 
 

@@ -6,7 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.main import create_app
-from service.job import JobOptions, ServiceJob
+from service.job import ServiceJob
+from service.settings import ServiceSettings
 from service.state import StateStore
 from tests.service.service_testkit import SMALL_CONFIG
 
@@ -41,8 +42,8 @@ def test_simulate_bad_input_is_a_422_naming_the_field(api, body, loc):
 
 
 def test_what_one_simulate_may_cost_is_bounded_naming_the_field(sample_index):
-    options = JobOptions(simulate_max_images=60)
-    job = ServiceJob(sample_index, SMALL_CONFIG, StateStore(None), options=options)
+    settings = ServiceSettings(simulate_max_images=60)
+    job = ServiceJob(sample_index, SMALL_CONFIG, StateStore(None), settings=settings)
     with TestClient(create_app(job)) as client:
         assert client.post("/simulate", json={"sample_size": 30, "epochs": 2}).status_code == 200
         response = client.post("/simulate", json={"sample_size": 40, "epochs": 2})

@@ -20,3 +20,20 @@ def test_the_timeline_is_empty_until_batches_leave_and_limits_are_checked(api):
     timeline = api.get("/stats/timeline").json()
     assert timeline == {"bucket_s": 1.0, "points": []}
     assert api.get("/stats/timeline?limit=0").status_code == 422
+
+
+def test_the_packing_stats_shape_is_the_packers_own_field_for_field():
+    # /stats and /simulate show packer.plan.stats.PackingStats.to_dict() as it is: a key
+    # the packer adds must reach the API (not be dropped by the response model).
+    from packer.plan.stats import PackingStats
+    from service.api.schemas import PackingStatsOut, RatesOut
+    from service.live_stats import LiveStats
+
+    assert set(PackingStatsOut.model_fields) == set(PackingStats().to_dict())
+    assert set(RatesOut.model_fields) == set(LiveStats().throughput(now=0.0)["run"])
+
+
+def test_stats_show_notes_and_skipped_files(api):
+    body = api.get("/stats").json()
+    assert body["notes"] == {} and body["skipped_by_extension"] == {}
+    assert body["packing"]["notes"] == {}

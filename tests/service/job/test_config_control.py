@@ -7,15 +7,16 @@ import pytest
 
 from packer.config import ConfigError
 from packer.contract.cursor import Cursor
-from service.job import ConfigConflict, JobOptions, VersionMismatch
+from service.job import ConfigConflict, VersionMismatch
 from service.job.config_control import ConfigControl
+from service.settings import ServiceSettings
 from service.state import StateStore
 from tests.service.service_testkit import SMALL_CONFIG
 
 
 def _control(index, state: StateStore | None = None, config=SMALL_CONFIG) -> ConfigControl:
     return ConfigControl(
-        index, config, state or StateStore(None), dataset="sample", options=JobOptions()
+        index, config, state or StateStore(None), dataset="sample", settings=ServiceSettings()
     )
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from packer.contract.cursor import Cursor
 from packer.contract.schema import from_record_batch
-from packer.split import split_index
-from service.job import JobOptions, ServiceJob
-from service.job.status import summary
+from packer.plan.split import split_index
+from service.api.routers.stats import stats_response
+from service.job import ServiceJob
+from service.settings import ServiceSettings
 from service.state import StateStore
 from tests.service.service_testkit import SMALL_CONFIG, InProcessFill, valid_image_ids
 
@@ -14,8 +15,10 @@ HOLDOUT = 0.25
 
 
 def _job(index, fraction: float = HOLDOUT, seed: int = 0) -> ServiceJob:
-    options = JobOptions(holdout_fraction=fraction, holdout_seed=seed)
-    return ServiceJob(index, SMALL_CONFIG, StateStore(None), options=options, fill=InProcessFill())
+    settings = ServiceSettings(holdout_fraction=fraction, holdout_seed=seed)
+    return ServiceJob(
+        index, SMALL_CONFIG, StateStore(None), settings=settings, fill=InProcessFill()
+    )
 
 
 def test_no_held_out_image_appears_in_any_rank_stream_of_any_epoch(sample_index):
@@ -37,9 +40,9 @@ def test_no_held_out_image_appears_in_any_rank_stream_of_any_epoch(sample_index)
 def test_stats_count_the_held_out_images_apart(sample_index):
     job = _job(sample_index, seed=4)
     _, val = split_index(sample_index, HOLDOUT, seed=4)
-    stats = summary(job, now=0.0)
+    stats = stats_response(job, now=0.0).model_dump()
     assert stats["holdout"] == {"fraction": HOLDOUT, "seed": 4, "held_out_images": val.num_rows}
     assert stats["images"] == sample_index.num_rows - val.num_rows
-    no_holdout = summary(_job(sample_index, fraction=0.0), now=0.0)
+    no_holdout = stats_response(_job(sample_index, fraction=0.0), now=0.0).model_dump()
     assert no_holdout["holdout"]["held_out_images"] == 0
     assert no_holdout["images"] == sample_index.num_rows

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from packer.contract.cursor import Cursor, TicketError
-from packer.plan import ConfigHistory
+from packer.plan.history import ConfigHistory
+from service.api.routers.stats import stats_response
 from service.job.planning import EpochPlanners
 from service.state import StateStore
 from tests.service.service_testkit import SMALL_CONFIG
@@ -94,7 +95,7 @@ def undecodable_dataset(tmp_path):
 
 def _serving_job(dataset, tmp_path, state_dir: str = "state"):
     """A job on `dataset` whose index (and reject ledger) is cached in tmp_path."""
-    from packer.index import load_index
+    from packer.index.cache import load_index
     from service.job import ServiceJob
     from tests.service.service_testkit import InProcessFill
 
@@ -123,7 +124,7 @@ CUT = {"checkers/cut_a.jpg", "checkers/cut_b.jpg", "checkers/cut_c.jpg"}
 def test_decode_failures_found_in_an_epoch_are_left_out_of_the_next_and_a_restart_replays(
     undecodable_dataset, tmp_path
 ):
-    from packer.reject_ledger import RejectLedger
+    from packer.index.reject_ledger import RejectLedger
 
     job = _serving_job(undecodable_dataset, tmp_path)
     epoch0 = _epoch(job, 0)
@@ -131,13 +132,15 @@ def test_decode_failures_found_in_an_epoch_are_left_out_of_the_next_and_a_restar
     ledger = RejectLedger.for_index(job.index)
     assert {e.image_id for e in ledger.entries} == CUT
     assert {e.effective_epoch for e in ledger.entries} == {1}
-    assert job.summary()["rejected_by_reason"] == {"truncated": 3}
+    assert stats_response(job).model_dump()["rejected_by_reason"] == {"truncated": 3}
 
     epoch1 = _epoch(job, 1)
     planned1 = [job.config_control.planners.plan(Cursor(0, 1, 1, k)) for k in range(40)]
     assert not CUT & {i for p in planned1 if p is not None for i in p.image_ids}
     assert _ids(epoch1) == _ids(epoch0)  # every decodable image, again
-    assert job.summary()["rejected_by_reason"] == {"truncated": 6}  # 3 at fill, 3 at plan
+    assert stats_response(job).model_dump()["rejected_by_reason"] == {
+        "truncated": 6
+    }  # 3 at fill, 3 at plan
     job.stop()
     job.state.close()
 
@@ -164,7 +167,7 @@ def test_a_new_job_leaves_out_every_failure_known_when_it_starts(undecodable_dat
 def test_stats_show_pillow_notes_and_skipped_files(undecodable_dataset, tmp_path):
     job = _serving_job(undecodable_dataset, tmp_path)
     _epoch(job, 0)
-    summary = job.summary()
+    summary = stats_response(job).model_dump()
     assert summary["skipped_by_extension"] == {".txt": 1}
     assert summary["notes"].get("corrupt_metadata", 0) >= 1
     assert summary["packing"]["notes"] == summary["notes"]

@@ -6,8 +6,11 @@ import pytest
 
 from packer.contract.cursor import Cursor, TicketError, batches_per_rank, global_batch_index
 from packer.contract.schema import from_record_batch
-from packer.plan import ConfigHistory, EpochPlanner
-from service.job import JobOptions, ServiceJob, ServiceStopping
+from packer.plan.history import ConfigHistory
+from packer.plan.planner import EpochPlanner
+from service.job import ServiceJob, ServiceStopping
+from service.job.streams import RankStatus, rank_rows
+from service.settings import ServiceSettings
 from service.state import CursorRecord, StateStore
 from tests.service.service_testkit import SMALL_CONFIG, InProcessFill
 
@@ -18,7 +21,7 @@ def _job(index, max_in_flight: int = 4, state: StateStore | None = None):
         index,
         SMALL_CONFIG,
         state or StateStore(None),
-        options=JobOptions(max_in_flight=max_in_flight),
+        settings=ServiceSettings(max_in_flight=max_in_flight),
         fill=fill,
     )
     return job, fill
@@ -154,7 +157,7 @@ def test_the_stored_cursor_follows_a_stalled_stream_batch_by_batch(sample_index,
 
 def test_a_world_size_above_the_service_limit_is_a_ticket_error(sample_index):
     job = ServiceJob(
-        sample_index, SMALL_CONFIG, StateStore(None), options=JobOptions(max_world_size=4)
+        sample_index, SMALL_CONFIG, StateStore(None), settings=ServiceSettings(max_world_size=4)
     )
     with pytest.raises(TicketError) as caught:
         job.open_rank_stream(Cursor(0, 5, epoch=0))
@@ -235,3 +238,25 @@ def test_a_replayed_epoch_is_byte_identical_after_a_later_config_change(sample_i
     epoch1 = list(job.open_rank_stream(Cursor(0, world, 1)))
     assert {b.metadata.config_version for b in epoch1} == {2}
     assert all(b.record_batch.num_rows == 2 for b in epoch1)
+
+
+def test_rank_rows_show_lag_behind_the_furthest_rank_of_the_same_world():
+    ranks = [
+        (RankStatus(Cursor(0, 2, 0, 5), updated_at=90.0, batches_sent=5, open_streams=1), 2),
+        (RankStatus(Cursor(1, 2, 0, 3), updated_at=95.0, batches_sent=3), 0),
+        (RankStatus(Cursor(0, 1, 1, 0), updated_at=99.0), 0),
+    ]
+    rows = {(r["rank"], r["world_size"]): r for r in rank_rows(ranks, now=100.0)}
+    assert rows[(0, 2)]["lag_batches"] == 0 and rows[(0, 2)]["connected"] is True
+    assert rows[(1, 2)]["lag_batches"] == 2 and rows[(1, 2)]["connected"] is False
+    assert rows[(0, 2)]["in_flight"] == 2 and rows[(1, 2)]["idle_s"] == 5.0
+    assert rows[(0, 1)]["lag_epochs"] == 0  # a world of its own leads itself
+
+
+def test_a_rank_an_epoch_behind_lags_by_epochs_not_batches():
+    ranks = [
+        (RankStatus(Cursor(0, 2, 1, 1), updated_at=0.0), 0),
+        (RankStatus(Cursor(1, 2, 0, 9), updated_at=0.0), 0),
+    ]
+    behind = rank_rows(ranks, now=0.0)[1]
+    assert (behind["lag_epochs"], behind["lag_batches"]) == (1, None)

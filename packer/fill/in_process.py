@@ -1,0 +1,56 @@
+"""Packing in this process, without Ray: for sets small enough not to need a cluster.
+
+Evaluation packs its images at each resolution it scores (`fixed_resolution_config` in
+packer.config: min_res = max_res = r, no token drop), and `navit pretrain` packs its
+held-out split once. The batches come from the same planner and fill as `navit pack`'s
+and the service's (packer.plan, packer.fill).
+
+    config = fixed_resolution_config(128, patch_size=16)      # seq_len 256, 64 tokens max
+    for result in pack_in_process(val_index, config): ...      # FillResult per batch
+    write_packed_folder(val_index, config, "runs/pretrain/val")  # a folder the trainer reads
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+
+from packer.config import PackingConfig
+from packer.contract.packed_folder import batch_path, write_batch_file
+from packer.contract.schema import to_record_batch
+from packer.fill.batch import FillResult, fill_batch
+from packer.plan.history import ConfigHistory
+from packer.plan.planner import EpochPlanner
+from packer.plan.stats import PackingStats
+
+
+def pack_in_process(index: pa.Table, config: PackingConfig, epoch: int = 0) -> Iterator[FillResult]:
+    """Plan and fill epoch `epoch` of `index` under `config`, batch by batch, no Ray."""
+    planner = EpochPlanner(index, ConfigHistory.start(config), epoch)
+    for plan in planner.iter_batches():
+        yield fill_batch(plan)
+
+
+def write_packed_folder(
+    index: pa.Table, config: PackingConfig, out_dir: str | Path
+) -> PackingStats:
+    """Pack epoch 0 of `index` into out_dir/epoch-000/batch-*.arrow; the stats of the pack.
+
+    Files of an earlier pack in out_dir/epoch-000 are removed first, so the folder holds
+    exactly this pack's batches.
+    """
+    out = Path(out_dir)
+    epoch_dir = batch_path(out, 0, 0).parent
+    epoch_dir.mkdir(parents=True, exist_ok=True)
+    for old in epoch_dir.glob("batch-*.arrow"):
+        old.unlink()
+    stats = PackingStats()
+    planner = EpochPlanner(index, ConfigHistory.start(config), 0)
+    for plan in planner.iter_batches():
+        result = fill_batch(plan)
+        write_batch_file(batch_path(out, 0, plan.batch), to_record_batch(result.batch))
+        notes = [note.kind for note in result.notes]
+        stats.add_filled(plan, result.batch, result.rejected_reasons, notes)
+    return stats

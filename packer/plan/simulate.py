@@ -1,0 +1,40 @@
+"""`navit simulate`: the packing stats a config would give, from the index alone.
+
+Runs the planner without decoding a pixel. Its prediction equals what `navit pack`
+delivers when no planned image fails to decode: the same planner decides both, and the
+images an earlier pack found undecodable are left out of both (packer.reject_ledger:
+simulate applies every entry the ledger knows, as the next pack will).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+
+from packer.index.reject_ledger import RejectLedger
+from packer.index.table import header_rejects, index_skipped
+from packer.plan.history import ConfigHistory
+from packer.plan.planner import EpochPlanner
+from packer.plan.stats import PackingStats
+
+
+def simulate(
+    index: pa.Table,
+    history: ConfigHistory,
+    epochs: int = 1,
+    ledger: RejectLedger | None = None,
+) -> PackingStats:
+    """Predicted stats of packing `epochs` epochs; `ledger` defaults to the index's own
+    (RejectLedger.for_index), whose every entry is applied."""
+    ledger = ledger if ledger is not None else RejectLedger.for_index(index)
+    stats = PackingStats()
+    stats.add_skipped(index_skipped(index))
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        planned = ledger.apply(index, epoch, job_start=len(ledger))
+        stats.add_rejected([reason for _, reason, _ in header_rejects(planned)])
+        for plan in EpochPlanner(planned, history, epoch).iter_batches():
+            stats.add_plan(plan)
+    stats.elapsed_s = time.perf_counter() - started
+    return stats

@@ -1,0 +1,150 @@
+"""Packing statistics: what a plan predicts (`navit simulate`) and what a fill delivered.
+
+Both sides count the same way, so a simulation equals the delivered stats whenever no
+image is rejected at decode time: a sequence counts once it was planned with an image,
+its tokens are real (image patches) or padding, and efficiency = real / (real + pad).
+All-padding filler rows (the short last batch, rank equalisation) are counted apart as
+`filler_sequences` and never enter the efficiency.
+
+Beside the packing: `notes` counts Pillow's warnings by kind (packer.notes) for the
+images the fill decoded (a simulation decodes nothing, so it has none), and
+`skipped_by_extension` the dataset's files that are not dataset files, once per run
+(not per epoch), e.g. {".txt": 3, ".tar": 1}.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from packer.contract.schema import PackedBatch
+from packer.plan.planner import BatchPlan
+
+
+def _token_bucket(tokens: int) -> int:
+    # Power-of-two buckets by lower edge: 1, 2, 4, ..., e.g. 300 tokens -> bucket 256.
+    return 1 << (max(int(tokens), 1).bit_length() - 1)
+
+
+@dataclass
+class PackingStats:
+    images_in: int = 0
+    images_packed: int = 0
+    rejected: Counter = field(default_factory=Counter)  # reason -> images
+    batches: int = 0
+    sequences: int = 0
+    filler_sequences: int = 0
+    real_tokens: int = 0
+    pad_tokens: int = 0
+    images_per_sequence: Counter = field(default_factory=Counter)  # k -> sequences
+    tokens_per_image: Counter = field(default_factory=Counter)  # bucket -> images
+    notes: Counter = field(default_factory=Counter)  # note kind -> images with it
+    skipped_by_extension: Counter = field(default_factory=Counter)  # ".txt" -> files
+    elapsed_s: float = 0.0
+
+    @property
+    def efficiency(self) -> float:
+        total = self.real_tokens + self.pad_tokens
+        return self.real_tokens / total if total else 0.0
+
+    @property
+    def images_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    def add_rejected(self, reasons: list[str]) -> None:
+        """Images rejected before planning (unreadable headers): in, but never packed."""
+        self.images_in += len(reasons)
+        self.rejected.update(reasons)
+
+    def add_plan(self, plan: BatchPlan) -> None:
+        """Count a planned batch as the planner predicts it will be delivered."""
+        seq_len = plan.config.seq_len
+        per_seq = np.bincount(plan.sequence, minlength=0)
+        planned = int(np.count_nonzero(per_seq))
+        self.batches += 1
+        self.images_in += plan.num_images
+        self.images_packed += plan.num_images
+        self.sequences += planned
+        self.filler_sequences += plan.num_sequences - planned
+        self.real_tokens += plan.real_tokens
+        self.pad_tokens += planned * seq_len - plan.real_tokens
+        self.images_per_sequence.update(per_seq[per_seq > 0].tolist())
+        self.tokens_per_image.update(_token_bucket(t) for t in plan.num_kept.tolist())
+
+    def add_skipped(self, skipped_by_extension: dict[str, int]) -> None:
+        """Files of the dataset that are not dataset files (packer.index.index_skipped)."""
+        self.skipped_by_extension.update(skipped_by_extension)
+
+    def add_filled(
+        self,
+        plan: BatchPlan,
+        packed: PackedBatch,
+        rejected: list[str],
+        notes: Iterable[str] = (),
+    ) -> None:
+        """Count a delivered batch; `rejected` holds the reasons of its fill-time rejects,
+        `notes` the kinds of its images' notes."""
+        self.notes.update(notes)
+        planned = int(np.count_nonzero(np.bincount(plan.sequence, minlength=0)))
+        real = packed.real_tokens
+        self.batches += 1
+        self.images_in += plan.num_images
+        self.images_packed += packed.num_images
+        self.rejected.update(rejected)
+        self.sequences += planned
+        self.filler_sequences += plan.num_sequences - planned
+        self.real_tokens += real
+        self.pad_tokens += planned * packed.seq_len - real
+        k = packed.images_per_seq
+        self.images_per_sequence.update(k[k > 0].tolist())
+        for row, n in zip(packed.segment_ids, packed.images_per_seq.tolist(), strict=True):
+            if n:
+                lengths = np.bincount(row, minlength=n + 1)[1:]
+                self.tokens_per_image.update(_token_bucket(t) for t in lengths.tolist())
+
+    def merge(self, other: PackingStats) -> None:
+        self.images_in += other.images_in
+        self.images_packed += other.images_packed
+        self.rejected.update(other.rejected)
+        self.batches += other.batches
+        self.sequences += other.sequences
+        self.filler_sequences += other.filler_sequences
+        self.real_tokens += other.real_tokens
+        self.pad_tokens += other.pad_tokens
+        self.images_per_sequence.update(other.images_per_sequence)
+        self.tokens_per_image.update(other.tokens_per_image)
+        self.notes.update(other.notes)
+        self.skipped_by_extension.update(other.skipped_by_extension)
+        self.elapsed_s += other.elapsed_s
+
+    def to_dict(self) -> dict[str, Any]:
+        ips = self.images_per_sequence
+        n_seq = sum(ips.values())
+        elapsed = self.elapsed_s
+        return {
+            "images_in": self.images_in,
+            "images_packed": self.images_packed,
+            "images_rejected": self.images_rejected,
+            "rejected_by_reason": dict(sorted(self.rejected.items())),
+            "batches": self.batches,
+            "sequences": self.sequences,
+            "filler_sequences": self.filler_sequences,
+            "real_tokens": self.real_tokens,
+            "pad_tokens": self.pad_tokens,
+            "efficiency": round(self.efficiency, 6),
+            "images_per_sequence_mean": round(self.images_packed / n_seq, 4) if n_seq else 0.0,
+            "tokens_per_image_mean": (
+                round(self.real_tokens / self.images_packed, 2) if self.images_packed else 0.0
+            ),
+            "images_per_sequence_hist": {str(k): v for k, v in sorted(ips.items())},
+            "tokens_per_image_hist": {str(k): v for k, v in sorted(self.tokens_per_image.items())},
+            "notes": dict(sorted(self.notes.items())),
+            "skipped_by_extension": dict(sorted(self.skipped_by_extension.items())),
+            "elapsed_s": round(elapsed, 3),
+            "images_per_s": round(self.images_packed / elapsed, 2) if elapsed else None,
+            "tokens_per_s": round(self.real_tokens / elapsed, 1) if elapsed else None,
+        }

@@ -1,0 +1,52 @@
+"""Pillow's warnings become per-image notes, on every thread, never lines on stderr."""
+
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+from PIL import Image
+
+from packer.image.imageio import read_header
+from packer.image.notes import capture_notes, note_kind, notes_of
+from tests.packer.format_cases import corrupt_exif_jpeg
+
+
+def test_note_kinds_name_what_pillow_warned_about():
+    assert note_kind("Possibly corrupt EXIF data.  Expecting to read 8 bytes") == "corrupt_metadata"
+    assert note_kind("Tag data larger than file. Skipping tag 270") == "corrupt_metadata"
+    assert note_kind("Truncated File Read") == "truncated_read"
+    assert (
+        note_kind("Palette images with Transparency expressed in bytes should be converted")
+        == "palette_transparency"
+    )
+    assert note_kind("Image size ...", Image.DecompressionBombWarning) == (
+        "decompression_bomb_warning"
+    )
+    assert note_kind("something new") == "warning"
+
+
+def test_each_thread_gets_its_own_images_notes_and_nothing_reaches_stderr(capfd):
+    data = corrupt_exif_jpeg()
+
+    def read(i: int):
+        with notes_of(f"img-{i}") as notes:
+            if i % 2 == 0:
+                read_header(data)
+        return notes
+
+    with capture_notes(), ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(read, range(16)))
+    for i, notes in enumerate(results):
+        if i % 2:
+            assert notes == []
+        else:
+            assert {(n.image_id, n.kind) for n in notes} == {(f"img-{i}", "corrupt_metadata")}
+            assert "Skipping tag" in notes[0].detail
+    assert capfd.readouterr().err == ""
+
+
+def test_a_warning_outside_an_image_still_goes_where_it_went():
+    with warnings.catch_warnings(record=True) as outside, capture_notes():
+        warnings.warn("not about an image", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in outside] == ["not about an image"]
