@@ -65,7 +65,7 @@ def fill_and_wait(index, config: PackingConfig) -> dict:
     rows = index.column("image_id").to_pylist()
     row_of = {image_id: r for r, image_id in enumerate(rows)}
     waits = []
-    for plan in planner.iter_batches():
+    for plan in planner.iter_plans():
         shipped = (planner._cursor - 1) // config.pack_window
         waits += [shipped - drawn_at[row_of[i]] for i in plan.image_ids]
         if plan.num_images:

@@ -71,7 +71,7 @@ def _write_jpegs(folder: Path, count: int, size: tuple[int, int], seed: int) -> 
 def _work_items(dataset: Path, config: PackingConfig) -> list[tuple[str, int, int]]:
     index = load_index(str(dataset))
     items = []
-    for plan in EpochPlanner(index, ConfigHistory.start(config), 0).iter_batches():
+    for plan in EpochPlanner(index, ConfigHistory.start(config), 0).iter_plans():
         for uri, gh, gw in zip(plan.uri, plan.grid_h.tolist(), plan.grid_w.tolist(), strict=True):
             items.append((uri, gh * config.patch_size, gw * config.patch_size))
     return items

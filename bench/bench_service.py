@@ -9,7 +9,7 @@ serve the same pre-filled batches: a few real batches are filled once from sampl
 batch_size 8, the default config: about 6.3 MB) and replayed. Flight runs the
 service's own server class (`service.flight.PackedFlightServer`: ticket parsing,
 GeneratorStream with per-batch app_metadata, the same code path as `navit serve`) over
-`service.replay.ReplaySource` instead of the Ray fill. The baseline is a bare TCP server
+`service.fixed_batches.FixedBatchSource` instead of the Ray fill. The baseline is a bare TCP server
 in the same process writing the same record batches with `pa.ipc.new_stream`. Clients
 are separate processes (so they do not share the server's GIL) reading every batch;
 GB/s counts the record batches' Arrow bytes; CPU seconds per GB are summed over the
@@ -69,7 +69,7 @@ def prefilled_batches(dataset: Path, count: int, batch_size: int) -> list[pa.Rec
     index = load_index(str(dataset), cache_dir=OUT / "index-cache")
     planner = EpochPlanner(index, ConfigHistory.start(config), 0)
     batches = []
-    for plan in planner.iter_batches():
+    for plan in planner.iter_plans():
         if plan.num_images and len(batches) < count:
             batches.append(fill_to_ipc(plan).record_batch())
     return batches
@@ -234,10 +234,10 @@ def _run_clients(targets: list[tuple], env: dict[str, str] | None = None) -> dic
 
 def bench_transport(batches: list[pa.RecordBatch], total: int, repeats: int) -> dict:
     from packer.contract.cursor import Cursor
+    from service.fixed_batches import FixedBatchSource
     from service.flight import PackedFlightServer
-    from service.replay import ReplaySource
 
-    server = PackedFlightServer(ReplaySource(batches, batches_per_epoch=total), "127.0.0.1", 0)
+    server = PackedFlightServer(FixedBatchSource(batches, batches_per_epoch=total), "127.0.0.1", 0)
     location = f"grpc+tcp://127.0.0.1:{server.port}"
     bare = BareFlightServer(batches)
     bare_location = f"grpc+tcp://127.0.0.1:{bare.port}"

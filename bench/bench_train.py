@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from padded_baseline import pad_one_image_per_row
 
 from packer.config import PackingConfig
 from packer.contract.cursor import Cursor
@@ -51,7 +52,7 @@ from packer.plan.packing import BinLimits, pack
 from packer.plan.sampling import sample_resolutions, target_grids
 from packer.synthetic import imagenet_like_sizes
 from trainer.data import iter_batches, to_device
-from trainer.model import MODEL_INPUTS, MODEL_SIZES, NaViT, NaViTConfig, pad_one_image_per_row
+from trainer.model import MODEL_INPUTS, MODEL_SIZES, NaViT, NaViTConfig
 
 NUM_CLASSES = 1000
 

@@ -6,7 +6,7 @@
 Five parts, each recorded even when another fails:
 1. trainer_tests: pytest tests/trainer with NAVIT_TEST_DEVICE set to the device
    (tests/trainer/test_model_on_device.py follows it; the other trainer tests pin cpu);
-2. flex_vs_sdpa: flex attention (trainer.model.flex_attend, compiled on CUDA) against SDPA
+2. flex_vs_sdpa: flex attention (trainer.flex_mask.flex_attend, compiled on CUDA) against SDPA
    with the dense block-diagonal mask, on masks of real packed sequences: relative error
    against float32 SDPA, forward and forward+backward time, the block mask's sparsity;
 3. train_steps: bf16 training steps of the s16 and b16 models on packed batches:
@@ -48,13 +48,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train, run as 
 
 import bench_train  # noqa: E402
 
+from trainer.flex_mask import flex_attend, flex_image_block_mask  # noqa: E402
 from trainer.model import (  # noqa: E402
     MODEL_SIZES,
     NaViT,
     NaViTConfig,
     dense_image_mask,
-    flex_attend,
-    flex_image_block_mask,
 )
 
 

@@ -95,7 +95,7 @@ def sweep_dataset(
         def batches(config=config, rejected=rejected) -> Iterator[PackedBatch]:
             for filled in pack_in_process(index, config):
                 rejected.append(len(filled.rejected))
-                yield filled.batch
+                yield filled.packed
 
         result = evaluate_batches(model, batches(), device)
         rows.append(SweepRow(resolution, result, sum(rejected)))

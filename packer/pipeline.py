@@ -22,7 +22,6 @@ import logging
 import os
 import pickle
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,14 +31,17 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from packer.contract.packed_folder import batch_path, write_batch_file, write_ipc_file
+from packer.contract.packed_folder import write_ipc_file
 from packer.contract.schema import to_record_batch
-from packer.fill.batch import fill_batch
+from packer.fill.batch import WrittenBatch, fill_and_write, fill_batch
+from packer.fill.bounded import in_order
 from packer.image.notes import ImageNote
+from packer.image.reject import Reject
 from packer.index.reject_ledger import RejectLedger
-from packer.index.table import header_notes, header_rejects, index_skipped
+from packer.index.table import header_notes, index_skipped
+from packer.plan.epoch import EpochPlan, plan_epoch
 from packer.plan.history import ConfigHistory
-from packer.plan.planner import BatchPlan, EpochPlanner
+from packer.plan.planner import BatchPlan
 from packer.plan.stats import PackingStats
 
 
@@ -102,10 +104,10 @@ class EncodedBatch:
     which epoch it is, and what the fill rejected."""
 
     epoch: int
-    batch: int  # global batch index within the epoch
+    global_batch: int  # the batch's index in the epoch
     config_version: int
     ipc: bytes
-    rejected: list[tuple[str, str, str]]  # (image_id, reason, detail)
+    rejected: list[Reject]
     notes: list[ImageNote] = field(default_factory=list)  # Pillow's warnings, per image
 
     def record_batch(self) -> pa.RecordBatch:
@@ -123,62 +125,36 @@ def fill_to_ipc(plan: BatchPlan) -> EncodedBatch:
     result = fill_batch(plan)
     return EncodedBatch(
         epoch=plan.epoch,
-        batch=plan.batch,
+        global_batch=plan.global_batch,
         config_version=plan.config_version,
-        ipc=_ipc_file_bytes(to_record_batch(result.batch)),
+        ipc=_ipc_file_bytes(to_record_batch(result.packed)),
         rejected=result.rejected,
         notes=result.notes,
     )
 
 
-def _fill_and_write(block: dict[str, np.ndarray], out_dir: str) -> dict[str, np.ndarray]:
-    """Ray Data map: fill each plan of the block, write its file, return only its stats.
+def _fill_and_write_block(block: dict[str, np.ndarray], out_dir: str) -> dict[str, np.ndarray]:
+    """Ray Data map: fill and write each plan of the block (packer.fill.batch), return
+    only what was written (stats, rejects, notes), pickled.
 
     Writing on the worker keeps the multi-MB batches off the driver's copies and writes.
-    Plans and stats travel pickled, as bytes: given objects, Ray Data pickles each one
+    Plans and results travel pickled, as bytes: given objects, Ray Data pickles each one
     several times and formats its numpy arrays with repr() while inferring an Arrow type.
     What each of these choices measured: see bench/RESULTS.md.
     """
-    stats, rejected, notes, batches = [], [], [], []
-    for pickled in block["plan"]:
-        plan: BatchPlan = pickle.loads(pickled)
-        result = fill_batch(plan)
-        record_batch = to_record_batch(result.batch)
-        path = batch_path(Path(out_dir), plan.epoch, plan.batch)
-        write_batch_file(path, record_batch)
-        batch_stats = PackingStats()
-        batch_stats.add_filled(
-            plan, result.batch, result.rejected_reasons, [n.kind for n in result.notes]
-        )
-        stats.append(pickle.dumps(batch_stats))
-        rejected.append(json.dumps(result.rejected))
-        notes.append(json.dumps([note.to_dict() for note in result.notes]))
-        batches.append(plan.batch)
-    return {
-        "batch": np.array(batches, np.int64),
-        "stats": np.array(stats, dtype=object),
-        "rejected": np.array(rejected, dtype=object),
-        "notes": np.array(notes, dtype=object),
-    }
+    written = [
+        pickle.dumps(fill_and_write(pickle.loads(pickled), Path(out_dir)), protocol=5)
+        for pickled in block["plan"]
+    ]
+    return {"written": np.array(written, dtype=object)}
 
 
 def stream_filled(plans: Iterable[BatchPlan], max_in_flight: int = 4) -> Iterator[EncodedBatch]:
-    """Fill plans on Ray tasks, yielding in order with at most `max_in_flight` pending."""
+    """Fill plans on Ray tasks, yielding in order with at most `max_in_flight` pending
+    (packer.fill.bounded)."""
     # Explicit retries (Ray's default today): a fill task on a node that dies runs again.
     remote_fill = ray.remote(num_cpus=1, max_retries=3)(fill_to_ipc)
-    pending: deque = deque()
-    source = iter(plans)
-    exhausted = False
-    while True:
-        while not exhausted and len(pending) < max_in_flight:
-            plan = next(source, None)
-            if plan is None:
-                exhausted = True
-            else:
-                pending.append(remote_fill.remote(plan))
-        if not pending:
-            return
-        yield ray.get(pending.popleft())
+    return in_order(plans, remote_fill.remote, ray.get, max_in_flight)
 
 
 def _ray_data_console_like_ray() -> None:
@@ -205,76 +181,106 @@ def pack_to_dir(
     plans_per_block: int | None = None,
     ledger: RejectLedger | None = None,
 ) -> PackingStats:
-    """Plan and fill `epochs` epochs into Arrow IPC files with Ray Data; returns the
+    """Plan and fill `epochs` epochs into a packed folder with Ray Data; returns the
     delivered stats. `out_dir` must be visible to every Ray worker (local, or shared).
 
     The planner decides every batch up front, so the dataset is one item per BatchPlan;
-    workers fill and write, and the driver only merges stats. `plans_per_block` (default:
-    up to 4 while every CPU still gets 8 blocks) trades Ray Data's per-task overhead
-    against balance (the rates of 1, 2 and 4: see bench/RESULTS.md). `on_batch` is called
-    with each written batch's index and the stats so far (a progress display reads
-    them); `concurrency` caps the fill tasks at once.
+    workers fill and write, and the driver only merges what they report. `plans_per_block`
+    (default: up to 4 while every CPU still gets 8 blocks) trades Ray Data's per-task
+    overhead against balance (the rates of 1, 2 and 4: see bench/RESULTS.md). `on_batch`
+    is called with each written batch's global index and the stats so far (a progress
+    display reads them); `concurrency` caps the fill tasks at once.
 
-    Writes `rejected.jsonl` (one line per rejected image and epoch: epoch, image_id,
-    reason, detail) and `notes.jsonl` (one line per Pillow warning: the header scan's
-    once with "stage": "header", the fill's per epoch with "stage": "decode"), and
-    leaves `stats.json` to the caller. Images the fill rejects are recorded in `ledger`
-    (default: the index's own, packer.reject_ledger) and left out from the next epoch on;
-    those it knew before this pack are left out of every epoch.
+    Writes `rejected.jsonl` and `notes.jsonl` (see `_PackLogs`) and leaves `stats.json`
+    to the caller. Images the fill rejects are recorded in `ledger` (default: the index's
+    own, packer.index.reject_ledger) and left out from the next epoch on; those it knew
+    before this pack are left out of every epoch.
     """
-    import ray.data
-
-    _ray_data_console_like_ray()
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    context = ray.data.DataContext.get_current()
-    context.op_resource_reservation_enabled = False
-    context.enable_progress_bars = False
     ledger = ledger if ledger is not None else RejectLedger.for_index(index)
     job_start = len(ledger)  # known before this pack: left out of every epoch
     stats = PackingStats()
     stats.add_skipped(index_skipped(index))
     started = time.perf_counter()
-    with (
-        open(out / "rejected.jsonl", "w") as rejected_log,
-        open(out / "notes.jsonl", "w") as notes_log,
-    ):
-        for note in header_notes(index):
-            notes_log.write(json.dumps({"stage": "header", **note.to_dict()}) + "\n")
+    with _PackLogs(out) as logs:
+        logs.header_notes(header_notes(index))
         for epoch in range(epochs):
-            planned = ledger.apply(index, epoch, job_start)
-            rejects = header_rejects(planned)
-            stats.add_rejected([reason for _, reason, _ in rejects])
-            for image_id, reason, detail in rejects:
-                line = {"epoch": epoch, "image_id": image_id, "reason": reason, "detail": detail}
-                rejected_log.write(json.dumps(line) + "\n")
-            plans = list(EpochPlanner(planned, history, epoch).iter_batches())
-            if not plans:
-                continue
-            per_block = plans_per_block or _auto_plans_per_block(len(plans))
-            dataset = ray.data.from_items(
-                [{"plan": pickle.dumps(p, protocol=5)} for p in plans],
-                override_num_blocks=-(-len(plans) // per_block),
-            ).map_batches(
-                _fill_and_write,
-                batch_size=None,
-                batch_format="numpy",
-                fn_kwargs={"out_dir": str(out)},
-                concurrency=concurrency,
-            )
-            fill_rejects = []
-            for row in dataset.iter_rows():
-                stats.merge(pickle.loads(row["stats"]))
-                for image_id, reason, detail in json.loads(row["rejected"]):
-                    fill_rejects.append((image_id, reason, detail))
-                    line = {"epoch": epoch, "image_id": image_id, "reason": reason}
-                    rejected_log.write(json.dumps({**line, "detail": detail}) + "\n")
-                for note in json.loads(row["notes"]):
-                    line = {"epoch": epoch, "stage": "decode", **note}
-                    notes_log.write(json.dumps(line) + "\n")
+            planned = plan_epoch(index, history, epoch, ledger, job_start)
+            stats.add_rejected([r.reason for r in planned.rejected])
+            logs.rejected(epoch, planned.rejected)
+            fill_rejects: list[Reject] = []
+            for written in _fill_and_write_epoch(planned, out, concurrency, plans_per_block):
+                stats.merge(written.stats)
+                logs.rejected(epoch, written.rejected)
+                logs.decode_notes(epoch, written.notes)
+                fill_rejects += written.rejected
                 if on_batch is not None:
-                    on_batch(int(row["batch"]), stats)
+                    on_batch(written.global_batch, stats)
             # Epochs up to this one are planned: what its fill found applies from the next.
             ledger.record(sorted(fill_rejects), effective_epoch=epoch + 1)
     stats.elapsed_s = time.perf_counter() - started
     return stats
+
+
+def _fill_and_write_epoch(
+    planned: EpochPlan, out: Path, concurrency: int | None, plans_per_block: int | None
+) -> Iterator[WrittenBatch]:
+    """Every batch of the epoch filled and written by Ray Data workers, as reported."""
+    import ray.data
+
+    _ray_data_console_like_ray()
+    context = ray.data.DataContext.get_current()
+    context.op_resource_reservation_enabled = False
+    context.enable_progress_bars = False
+    plans = list(planned.planner.iter_plans())
+    if not plans:
+        return
+    per_block = plans_per_block or _auto_plans_per_block(len(plans))
+    dataset = ray.data.from_items(
+        [{"plan": pickle.dumps(p, protocol=5)} for p in plans],
+        override_num_blocks=-(-len(plans) // per_block),
+    ).map_batches(
+        _fill_and_write_block,
+        batch_size=None,
+        batch_format="numpy",
+        fn_kwargs={"out_dir": str(out)},
+        concurrency=concurrency,
+    )
+    for row in dataset.iter_rows():
+        yield pickle.loads(row["written"])
+
+
+class _PackLogs:
+    """The pack's two logs beside its batches, one JSON line each:
+
+    - rejected.jsonl: every rejected image per epoch, {"epoch", "image_id", "reason",
+      "detail"}, both those left out before planning and those the fill rejected;
+    - notes.jsonl: every Pillow warning, the header scan's once ({"stage": "header"}),
+      the fill's per epoch ({"epoch", "stage": "decode"}), with "image_id", "kind",
+      "detail".
+    """
+
+    def __init__(self, out: Path) -> None:
+        self._rejected = open(out / "rejected.jsonl", "w")  # noqa: SIM115 - closed by __exit__
+        self._notes = open(out / "notes.jsonl", "w")  # noqa: SIM115
+
+    def __enter__(self) -> _PackLogs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._rejected.close()
+        self._notes.close()
+
+    def rejected(self, epoch: int, rejects: Iterable[Reject]) -> None:
+        for reject in rejects:
+            self._rejected.write(json.dumps({"epoch": epoch, **reject._asdict()}) + "\n")
+
+    def header_notes(self, notes: Iterable[ImageNote]) -> None:
+        for note in notes:
+            self._notes.write(json.dumps({"stage": "header", **note.to_dict()}) + "\n")
+
+    def decode_notes(self, epoch: int, notes: Iterable[ImageNote]) -> None:
+        for note in notes:
+            line = {"epoch": epoch, "stage": "decode", **note.to_dict()}
+            self._notes.write(json.dumps(line) + "\n")

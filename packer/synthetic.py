@@ -46,7 +46,7 @@ def synthetic_index(widths: np.ndarray, heights: np.ndarray, num_classes: int = 
             "uri": pa.array(ids, pa.string()),
             "offset": pa.array(np.full(n, -1, np.int64)),
             "length": pa.array(np.full(n, -1, np.int64)),
-            "row": pa.array(np.full(n, -1, np.int64)),
+            "source_row": pa.array(np.full(n, -1, np.int64)),
             "label": pa.array(np.arange(n, dtype=np.int64) % num_classes),
             "width": pa.array(np.asarray(widths, np.int32)),
             "height": pa.array(np.asarray(heights, np.int32)),

@@ -1,7 +1,7 @@
 """What the Flight server streams from: a source of each rank's outgoing batches.
 
 Two sources exist: the packing job (`service.job.ServiceJob`, batches planned and filled
-on demand) and `service.replay.ReplaySource` (a fixed list of batches, for benchmarks
+on demand) and `service.fixed_batches.FixedBatchSource` (a fixed list of batches, for benchmarks
 and transport tests). Both hand the transport `OutgoingBatch`es. The Flight server
 imports only this module and the contract, never the job.
 """

@@ -83,8 +83,8 @@ class LiveStats:
         pad = sequences * packed.seq_len - real
         with self._lock:
             counted = self._counted.setdefault(plan.epoch, set())
-            if plan.batch not in counted:
-                counted.add(plan.batch)
+            if plan.global_batch not in counted:
+                counted.add(plan.global_batch)
                 self._total.add_filled(plan, packed, rejected_reasons, notes)
                 version = self._by_version.setdefault(plan.config_version, PackingStats())
                 version.add_filled(plan, packed, rejected_reasons, notes)

@@ -33,8 +33,6 @@ from packer.contract.cursor import Cursor
 from packer.contract.files import write_atomically
 from trainer.model import NaViT, NaViTConfig
 
-CHECKPOINT_NAME = "checkpoint.pt"
-
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
     """Write `state` to `path` atomically (temporary file, fsync, rename)."""

@@ -25,6 +25,12 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 }
 
 
+# What a trainer writes in its `ckpt_dir` (rank 0): named here, without torch, so the
+# launch layer finds them by the same names (trainer/checkpoint.py, trainer/metrics.py).
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
 def _option(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
@@ -37,7 +43,7 @@ class TrainConfig:
     steps: int = _option(None, "optimizer steps; the LR schedule spans them")
     model: str = _option("tiny", "model size", choices=tuple(sorted(MODEL_SIZES)))
     ckpt_dir: str = _option(
-        "runs/train", "folder for checkpoint.pt and metrics.jsonl", flag="--ckpt"
+        "runs/train", f"folder for {CHECKPOINT_NAME} and {METRICS_NAME}", flag="--ckpt"
     )
     ckpt_every: int = _option(1000, "checkpoint every N steps (0: at the end only)")
     stop_at: int | None = _option(None, "stop after this step (schedule unchanged)")

@@ -22,7 +22,7 @@ Sources:
   count; when j >= B it gets an all-padding batch, so every rank sees the same number of
   batches and DDP never waits on a rank that ran out. Epoch e reads epoch-{e mod E}
   where E is the number of epoch folders, so a folder packed with only epoch-000 is
-  replayed every epoch (same images, same order). A folder of batch-*.arrow files without
+  repeated every epoch (same images, same order). A folder of batch-*.arrow files without
   epoch folders is one epoch.
 * `grpc://host:port` or `grpc+tls://host:port`: Arrow Flight `do_get` with the ticket
   `cursor.to_ticket()` and, when a token is given, the `bearer_headers(token)`. Each

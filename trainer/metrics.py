@@ -19,8 +19,6 @@ from typing import Any
 from packer.contract.cursor import Cursor
 from packer.contract.schema import PackedBatch
 
-METRICS_NAME = "metrics.jsonl"
-
 
 class MetricsLog:
     """metrics.jsonl plus the records of this run in memory.

@@ -20,26 +20,24 @@ over sequences, slot order within a sequence. Read top to bottom:
     3. patch embedding: uint8 -> [-1, 1] -> LayerNorm -> Linear -> LayerNorm
     4. factorized positional embeddings (absolute or fractional rows and columns)
     5. attention that never crosses images: a block-diagonal mask (SDPA) or a flex
-       attention block mask (CUDA), with query-key normalisation
+       attention block mask (CUDA, trainer/flex_mask.py), with query-key normalisation
     6. pre-norm transformer blocks without biases
     7. masked attention pooling (MAP head): one learned query per image over its tokens
     8. NaViT, build_model
-    9. pad_one_image_per_row: the NaFlex-style baseline layout (one image per row)
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from packer.contract.schema import PackedBatch
 from trainer.config import MODEL_SIZES, AttnImpl, PosMode
+from trainer.flex_mask import flex_attend, flex_image_block_mask
 
 QKNorm = Literal["layernorm", "rmsnorm"]
 
@@ -87,12 +85,8 @@ class NaViTConfig:
             raise ValueError(f"width={self.width} must be divisible by heads={self.heads}")
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
-        choices: dict[str, tuple[str, ...]] = {
-            "pos_mode": ("absolute", "fractional"),
-            "qk_norm": ("layernorm", "rmsnorm"),
-            "attn_impl": ("auto", "sdpa", "flex"),
-        }
-        for name, allowed in choices.items():
+        for name, kind in (("pos_mode", PosMode), ("qk_norm", QKNorm), ("attn_impl", AttnImpl)):
+            allowed = get_args(kind)
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -107,9 +101,6 @@ class NaViTConfig:
     @property
     def patch_dim(self) -> int:
         return self.patch_size * self.patch_size * self.channels
-
-
-# Named sizes: tiny is for CPU tests; s16, b16, l16 are ViT-S/B/L at patch 16.
 
 
 # ---------------------------------------------------------------------------------------
@@ -210,45 +201,6 @@ def dense_image_mask(segment_ids: Tensor) -> Tensor:
     same_image = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] > 0)  # [B, L, L]
     diagonal = torch.eye(length, dtype=torch.bool, device=seg.device)  # [L, L]
     return (same_image | diagonal)[:, None]  # [B, 1, L, L]
-
-
-def flex_image_block_mask(segment_ids: Tensor) -> Any:
-    """A flex attention BlockMask with the same pattern as `dense_image_mask`.
-
-    Imported lazily: CPU-only or older torch builds never touch flex attention. Blocks
-    of 128 x 128 tokens that hold no pair of the same image are skipped entirely, which
-    is where packing pays off over a dense L x L mask.
-    """
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    seg = segment_ids  # [B, L] int32 on the model's device
-
-    def same_image(batch: Tensor, head: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        real_pair = (seg[batch, q_idx] == seg[batch, kv_idx]) & (seg[batch, q_idx] > 0)
-        return real_pair | (q_idx == kv_idx)  # padding queries see themselves: no NaN
-
-    batch_size, length = seg.shape
-    return create_block_mask(same_image, batch_size, None, length, length, device=seg.device)
-
-
-_compiled_flex_attention: Any = None
-
-
-def flex_attend(q: Tensor, k: Tensor, v: Tensor, block_mask: Any) -> Tensor:
-    """flex_attention, compiled once on CUDA (eager flex attention is a slow reference).
-
-    Inside a torch.compile'd model the plain function is traced by the outer compile. On
-    CPU the eager version runs (forward only: torch has no CPU flex backward), which is
-    what the tests use to check it against the SDPA path.
-    """
-    global _compiled_flex_attention
-    from torch.nn.attention.flex_attention import flex_attention
-
-    if q.device.type != "cuda" or torch.compiler.is_compiling():
-        return flex_attention(q, k, v, block_mask=block_mask)
-    if _compiled_flex_attention is None:
-        _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex_attention(q, k, v, block_mask=block_mask)
 
 
 class ImageMask:
@@ -437,45 +389,3 @@ def build_model(
     )
     config = replace(config, **{**MODEL_SIZES[name], **overrides})
     return NaViT(config)
-
-
-# ---------------------------------------------------------------------------------------
-# 9. The one-image-per-row baseline (timm / transformers NaFlex layout)
-
-
-def pad_one_image_per_row(batch: PackedBatch, multiple_of: int = 1) -> PackedBatch:
-    """The same images with one image per row, padded to the longest (rounded up).
-
-    This is how NaFlex (timm, transformers) batches variable-resolution images: no packing,
-    so a 4-token image padded next to a 576-token one wastes 572 tokens. Labels keep their
-    order, so the logits of the packed and the padded batch line up row by row.
-    """
-    num_images = batch.num_images
-    real = batch.segment_ids > 0  # [B, L]
-    # Real tokens in row-major order are already grouped by image, in label order.
-    token_image = _numpy_image_index(batch)[real]  # [T]
-    lengths = np.bincount(token_image, minlength=num_images)  # [N]
-    longest = int(lengths.max()) if num_images else 1
-    width = -(-longest // multiple_of) * multiple_of  # round up
-    starts = np.cumsum(lengths) - lengths  # [N]
-    token_slot = np.arange(token_image.size) - starts[token_image]  # [T] position in its row
-    padded = PackedBatch.empty(max(num_images, 1), width, batch.patch_size)
-    padded.patches[token_image, token_slot] = batch.patches[real]
-    padded.segment_ids[token_image, token_slot] = 1
-    padded.patch_rows[token_image, token_slot] = batch.patch_rows[real]
-    padded.patch_cols[token_image, token_slot] = batch.patch_cols[real]
-    padded.images_per_seq[:num_images] = 1
-    padded.image_grid_h = batch.image_grid_h.copy()
-    padded.image_grid_w = batch.image_grid_w.copy()
-    padded.labels = batch.labels.copy()
-    padded.image_ids = list(batch.image_ids)
-    padded.config_version = batch.config_version
-    return padded
-
-
-def _numpy_image_index(batch: PackedBatch) -> np.ndarray:
-    # numpy twin of token_image_index: [B, L] int64, padding -> N
-    counts = batch.images_per_seq.astype(np.int64)
-    first_image = np.cumsum(counts) - counts
-    seg = batch.segment_ids.astype(np.int64)
-    return np.where(seg > 0, first_image[:, None] + seg - 1, batch.num_images)

@@ -42,18 +42,17 @@ from packer.contract.cursor import Cursor
 from packer.contract.packed_folder import read_class_names
 from packer.contract.schema import PackedBatch
 from trainer.checkpoint import (
-    CHECKPOINT_NAME,
     load_checkpoint,
     restore_model,
     restore_training,
     resume_cursor,
     save_on_main,
 )
-from trainer.config import TrainConfig
+from trainer.config import CHECKPOINT_NAME, METRICS_NAME, TrainConfig
 from trainer.data import is_flight_source, iter_batches, to_device
 from trainer.distributed import autocast, pick_device, process_group, wrap_model
 from trainer.evaluate import evaluate
-from trainer.metrics import METRICS_NAME, MetricsLog, step_record, throughput
+from trainer.metrics import MetricsLog, step_record, throughput
 from trainer.model import MODEL_INPUTS, build_model
 
 DEFAULT_NUM_CLASSES = 1000

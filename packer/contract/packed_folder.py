@@ -106,6 +106,14 @@ def batch_files(epoch_dir: Path) -> list[Path]:
     return [path for _, path in numbered]
 
 
+def remove_batch_files(epoch_dir: Path) -> None:
+    """Delete an epoch folder's batch files (an earlier pack's), gaps or not."""
+    if epoch_dir.is_dir():
+        for child in epoch_dir.iterdir():
+            if _BATCH_FILE.match(child.name):
+                child.unlink()
+
+
 def write_class_names(out_dir: Path, class_names: list[str]) -> None:
     """OUT/classes.json: the class names in label order, e.g. ["ants", "bees"]."""
     write_bytes_atomically(Path(out_dir) / CLASSES_FILE, json.dumps(class_names).encode())

@@ -16,28 +16,31 @@ packer.notes), never lines on stderr, in whatever process runs the fill.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from packer.contract.schema import PackedBatch
+from packer.contract.packed_folder import batch_path, write_batch_file
+from packer.contract.schema import PackedBatch, to_record_batch
 from packer.image.imageio import decode_resized
 from packer.image.notes import ImageNote, capture_notes, notes_of
 from packer.image.patchify import patchify
-from packer.image.reject import RejectedImage
+from packer.image.reject import Reject, RejectedImage
 from packer.plan.planner import BatchPlan
 from packer.plan.sampling import kept_token_indices
+from packer.plan.stats import PackingStats
 from packer.sources import ByteReader
 
 
 @dataclass
 class FillResult:
-    batch: PackedBatch
-    rejected: list[tuple[str, str, str]] = field(default_factory=list)  # (id, reason, detail)
+    packed: PackedBatch
+    rejected: list[Reject] = field(default_factory=list)
     notes: list[ImageNote] = field(default_factory=list)  # Pillow's warnings, per image
 
     @property
     def rejected_reasons(self) -> list[str]:
-        return [reason for _, reason, _ in self.rejected]
+        return [r.reason for r in self.rejected]
 
 
 _process_reader: ByteReader | None = None
@@ -66,7 +69,7 @@ def fill_batch(plan: BatchPlan, reader: ByteReader | None = None) -> FillResult:
     next_token = np.zeros(num_seq, np.int64)
     next_slot = np.ones(num_seq, np.int32)
     kept: list[int] = []  # plan positions of images that made it, in row order
-    rejected: list[tuple[str, str, str]] = []
+    rejected: list[Reject] = []
     notes: list[ImageNote] = []
 
     for i in range(plan.num_images):
@@ -75,11 +78,11 @@ def fill_batch(plan: BatchPlan, reader: ByteReader | None = None) -> FillResult:
         try:
             with capture_notes(), notes_of(plan.image_ids[i]) as image_notes:
                 data = reader.read(
-                    plan.uri[i], int(plan.offset[i]), int(plan.length[i]), int(plan.row[i])
+                    plan.uri[i], int(plan.offset[i]), int(plan.length[i]), int(plan.source_row[i])
                 )
                 image = decode_resized(data, gw * p, gh * p)
         except RejectedImage as e:
-            rejected.append((plan.image_ids[i], e.reason, e.detail))
+            rejected.append(Reject(plan.image_ids[i], e.reason, e.detail))
             continue
         finally:
             notes.extend(image_notes)
@@ -111,3 +114,29 @@ def fill_batch(plan: BatchPlan, reader: ByteReader | None = None) -> FillResult:
         config_version=plan.config_version,
     )
     return FillResult(batch, rejected, notes)
+
+
+@dataclass(frozen=True)
+class WrittenBatch:
+    """What filling and writing one plan reports back: never the pixels, which stay in
+    the batch file (a Ray worker sends this small record to the driver)."""
+
+    epoch: int
+    global_batch: int
+    stats: PackingStats  # this batch's, as delivered
+    rejected: list[Reject]
+    notes: list[ImageNote]
+
+
+def fill_and_write(
+    plan: BatchPlan, out_dir: Path, reader: ByteReader | None = None
+) -> WrittenBatch:
+    """Fill `plan` and write it as its batch file of the packed folder `out_dir`
+    (packer.contract.packed_folder): what `navit pack` and the in-process packing do
+    for every batch."""
+    result = fill_batch(plan, reader)
+    path = batch_path(out_dir, plan.epoch, plan.global_batch)
+    write_batch_file(path, to_record_batch(result.packed))
+    stats = PackingStats()
+    stats.add_filled(plan, result.packed, result.rejected_reasons, [n.kind for n in result.notes])
+    return WrittenBatch(plan.epoch, plan.global_batch, stats, result.rejected, result.notes)

@@ -18,18 +18,17 @@ from pathlib import Path
 import pyarrow as pa
 
 from packer.config import PackingConfig
-from packer.contract.packed_folder import batch_path, write_batch_file
-from packer.contract.schema import to_record_batch
-from packer.fill.batch import FillResult, fill_batch
+from packer.contract.packed_folder import epoch_folder, remove_batch_files
+from packer.fill.batch import FillResult, fill_and_write, fill_batch
+from packer.plan.epoch import plan_epoch
 from packer.plan.history import ConfigHistory
-from packer.plan.planner import EpochPlanner
 from packer.plan.stats import PackingStats
 
 
 def pack_in_process(index: pa.Table, config: PackingConfig, epoch: int = 0) -> Iterator[FillResult]:
     """Plan and fill epoch `epoch` of `index` under `config`, batch by batch, no Ray."""
-    planner = EpochPlanner(index, ConfigHistory.start(config), epoch)
-    for plan in planner.iter_batches():
+    planned = plan_epoch(index, ConfigHistory.start(config), epoch)
+    for plan in planned.planner.iter_plans():
         yield fill_batch(plan)
 
 
@@ -38,19 +37,14 @@ def write_packed_folder(
 ) -> PackingStats:
     """Pack epoch 0 of `index` into out_dir/epoch-000/batch-*.arrow; the stats of the pack.
 
-    Files of an earlier pack in out_dir/epoch-000 are removed first, so the folder holds
-    exactly this pack's batches.
+    Batch files of an earlier pack in out_dir/epoch-000 are removed first, so the folder
+    holds exactly this pack's batches.
     """
     out = Path(out_dir)
-    epoch_dir = batch_path(out, 0, 0).parent
-    epoch_dir.mkdir(parents=True, exist_ok=True)
-    for old in epoch_dir.glob("batch-*.arrow"):
-        old.unlink()
+    remove_batch_files(epoch_folder(out, 0))
+    planned = plan_epoch(index, ConfigHistory.start(config), 0)
     stats = PackingStats()
-    planner = EpochPlanner(index, ConfigHistory.start(config), 0)
-    for plan in planner.iter_batches():
-        result = fill_batch(plan)
-        write_batch_file(batch_path(out, 0, plan.batch), to_record_batch(result.batch))
-        notes = [note.kind for note in result.notes]
-        stats.add_filled(plan, result.batch, result.rejected_reasons, notes)
+    stats.add_rejected([r.reason for r in planned.rejected])
+    for plan in planned.planner.iter_plans():
+        stats.merge(fill_and_write(plan, out).stats)
     return stats

@@ -76,8 +76,8 @@ def _header(record: Record, reader: ByteReader) -> tuple[int, int, str | None, s
     if record.error is not None:  # a container that could not be listed
         return 0, 0, record.error, f"{record.uri}: cannot be listed"
     try:
-        if record.row >= 0:  # Parquet: the row's bytes are in memory already
-            width, height = read_header(reader.read(record.uri, -1, -1, record.row))
+        if record.source_row >= 0:  # Parquet: the row's bytes are in memory already
+            width, height = read_header(reader.read(record.uri, -1, -1, record.source_row))
             return width, height, None, None
         start = max(record.offset, 0)
         total = record.length if record.length >= 0 else record.nbytes
@@ -103,7 +103,7 @@ def _to_table(records: list[Record], sizes: list[_Header]) -> pa.Table:
         "uri": pa.array([record.uri for record in records], pa.string()),
         "offset": pa.array([record.offset for record in records], pa.int64()),
         "length": pa.array([record.length for record in records], pa.int64()),
-        "row": pa.array([record.row for record in records], pa.int64()),
+        "source_row": pa.array([record.source_row for record in records], pa.int64()),
         "label": pa.array([record.label for record in records], pa.int64()),
         "width": pa.array([size[0] for size in sizes], pa.int32()),
         "height": pa.array([size[1] for size in sizes], pa.int32()),
@@ -114,5 +114,5 @@ def _to_table(records: list[Record], sizes: list[_Header]) -> pa.Table:
     }
     table = pa.table(columns, schema=INDEX_SCHEMA)
     # image_id alone decides the order; the rest only breaks ties between duplicate ids.
-    order = [(name, "ascending") for name in ("image_id", "uri", "row", "offset")]
+    order = [(name, "ascending") for name in ("image_id", "uri", "source_row", "offset")]
     return table.sort_by(order)

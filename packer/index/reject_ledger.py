@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from packer.contract.files import write_bytes_atomically
-from packer.image.reject import REJECT_REASONS
+from packer.image.reject import REJECT_REASONS, Reject
 from packer.index.table import index_cache_path
 
 _FINGERPRINT_KEY = b"navit.fingerprint"
@@ -85,7 +85,7 @@ class RejectLedger:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def record(self, rejects: Iterable[tuple[str, str, str]], effective_epoch: int) -> int:
+    def record(self, rejects: Iterable[Reject], effective_epoch: int) -> int:
         """Add (image_id, reason, detail) rejects not yet known, effective from
         `effective_epoch` (the first epoch not yet planned); returns how many were new.
 

@@ -29,7 +29,7 @@ INDEX_SCHEMA = pa.schema(
         pa.field("uri", pa.string()),
         pa.field("offset", pa.int64()),
         pa.field("length", pa.int64()),
-        pa.field("row", pa.int64()),
+        pa.field("source_row", pa.int64()),
         pa.field("label", pa.int64()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
@@ -40,7 +40,7 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 # Bump when the index's meaning changes (columns, header rules): old caches then rebuild.
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 FINGERPRINT_KEY = b"navit.fingerprint"
 SKIPPED_KEY = b"navit.skipped"
 CACHE_PATH_KEY = b"navit.cache"

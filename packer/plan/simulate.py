@@ -2,7 +2,7 @@
 
 Runs the planner without decoding a pixel. Its prediction equals what `navit pack`
 delivers when no planned image fails to decode: the same planner decides both, and the
-images an earlier pack found undecodable are left out of both (packer.reject_ledger:
+images an earlier pack found undecodable are left out of both (packer.index.reject_ledger:
 simulate applies every entry the ledger knows, as the next pack will).
 """
 
@@ -13,9 +13,9 @@ import time
 import pyarrow as pa
 
 from packer.index.reject_ledger import RejectLedger
-from packer.index.table import header_rejects, index_skipped
+from packer.index.table import index_skipped
+from packer.plan.epoch import plan_epoch
 from packer.plan.history import ConfigHistory
-from packer.plan.planner import EpochPlanner
 from packer.plan.stats import PackingStats
 
 
@@ -32,9 +32,9 @@ def simulate(
     stats.add_skipped(index_skipped(index))
     started = time.perf_counter()
     for epoch in range(epochs):
-        planned = ledger.apply(index, epoch, job_start=len(ledger))
-        stats.add_rejected([reason for _, reason, _ in header_rejects(planned)])
-        for plan in EpochPlanner(planned, history, epoch).iter_batches():
+        planned = plan_epoch(index, history, epoch, ledger)  # every known failure left out
+        stats.add_rejected([r.reason for r in planned.rejected])
+        for plan in planned.planner.iter_plans():
             stats.add_plan(plan)
     stats.elapsed_s = time.perf_counter() - started
     return stats

@@ -60,7 +60,7 @@ class ImageFolderSource(Source):
                     uri=self.location.uri_of(entry.path),
                     offset=-1,
                     length=-1,
-                    row=-1,
+                    source_row=-1,
                     label=labels[top] if sep else -1,
                     nbytes=entry.size if entry.size is not None else -1,
                 )

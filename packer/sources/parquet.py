@@ -117,7 +117,7 @@ class ParquetSource(Source):
                         uri=meta.uri,
                         offset=-1,
                         length=-1,
-                        row=row,
+                        source_row=row,
                         label=-1 if label is None else int(label),
                     )
                 )
@@ -131,7 +131,10 @@ class ParquetSource(Source):
         current_group: tuple[str, int] | None = None
         for record in self.records():
             starts = by_file.get(record.uri)  # None for an unreadable file's stand-in
-            group = (record.uri, bisect.bisect_right(starts, record.row) - 1 if starts else -1)
+            group = (
+                record.uri,
+                bisect.bisect_right(starts, record.source_row) - 1 if starts else -1,
+            )
             if group != current_group and current:
                 chunks.append(current)
                 current = []

@@ -48,11 +48,11 @@ class ByteReader:
     def __setstate__(self, state: dict[str, int]) -> None:
         self.__init__(**state)
 
-    def read(self, uri: str, offset: int, length: int, row: int) -> bytes:
+    def read(self, uri: str, offset: int, length: int, source_row: int) -> bytes:
         """The bytes at a location: a whole file, a byte range, or a Parquet row's image."""
         try:
-            if row >= 0:
-                return self._read_row(uri, row)
+            if source_row >= 0:
+                return self._read_row(uri, source_row)
             if offset >= 0 and length >= 0:
                 return self._read_range(uri, offset, length)
             fs, path = self._resolve(uri)

@@ -1,8 +1,8 @@
 """One image's location, as a source lists it and the index stores it.
 
-image_folder  /data/imgs/cat/001.jpg           offset=-1  length=-1   row=-1
-webdataset    /data/shards/shard-000.tar       offset=1536 length=4821 row=-1
-parquet       /data/train-0.parquet            offset=-1  length=-1   row=17
+image_folder  /data/imgs/cat/001.jpg           offset=-1   length=-1    source_row=-1
+webdataset    /data/shards/shard-000.tar       offset=1536 length=4821  source_row=-1
+parquet       /data/train-0.parquet            offset=-1   length=-1    source_row=17
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Record:
     uri: str
     offset: int
     length: int
-    row: int
+    source_row: int  # the row of a Parquet file, -1 for the other kinds
     label: int
     nbytes: int = -1
     error: str | None = None
@@ -36,7 +36,7 @@ class Record:
     def __post_init__(self) -> None:
         if not self.image_id:
             raise ValueError("a record needs a non-empty image_id")
-        if self.row < -1 or self.offset < -1 or self.length < -1:
+        if self.source_row < -1 or self.offset < -1 or self.length < -1:
             raise ValueError(f"bad location for {self.image_id}: {self}")
         if self.error is not None and self.error not in REJECT_REASONS:
             raise ValueError(f"unknown error reason {self.error!r} for {self.image_id}")

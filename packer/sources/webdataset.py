@@ -77,7 +77,7 @@ class WebDatasetSource(Source):
                 uri=shard_uri,
                 offset=member.offset_data,
                 length=member.size,
-                row=-1,
+                source_row=-1,
                 label=labels.get(key, -1),
                 nbytes=member.size,
             )

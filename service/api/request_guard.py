@@ -77,7 +77,7 @@ class RequestGuard:
         if body is None:
             await self._too_large(send)
             return
-        await self.app(scope, _replaying(body, receive), send)
+        await self.app(scope, _body_again(body, receive), send)
 
     async def _receive_body(self, receive: Receive) -> bytes | None:
         """The whole body, or None once it passes the cap (the rest is left unread)."""
@@ -119,18 +119,18 @@ def _content_length(headers: dict[bytes, bytes]) -> int | None:
         return None  # the server refuses a malformed one itself
 
 
-def _replaying(body: bytes, receive: Receive) -> Receive:
+def _body_again(body: bytes, receive: Receive) -> Receive:
     """A receive that gives the app the buffered body, then waits for the disconnect."""
     delivered = False
 
-    async def replay() -> Message:
+    async def receive_again() -> Message:
         nonlocal delivered
         if not delivered:
             delivered = True
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
-    return replay
+    return receive_again
 
 
 async def _reply(

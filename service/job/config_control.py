@@ -121,7 +121,7 @@ class ConfigControl:
         sample = self.sample_index(self.settings.dry_run_images, seed=1)
         try:
             planner = EpochPlanner(sample, ConfigHistory.start(config), 0)
-            for _ in planner.iter_batches():
+            for _ in planner.iter_plans():
                 pass
         except Exception as e:  # noqa: BLE001 - any planner failure means: refuse it
             raise ConfigError("config", f"the planner cannot run this config: {e}") from None

@@ -10,9 +10,9 @@ plan leaves: a window whose batches may have been sent must never be re-planned 
 another config after a restart, so a config change starts at or after it.
 
 Images whose header read but whose pixels did not decode are recorded in the index's
-reject ledger (packer.reject_ledger) as the fill finds them, effective from the first
-epoch no planner has planned yet, and each epoch plans from `ledger.apply(index, epoch,
-job_start)`: an epoch's plan never changes once made, a restart on the same state dir
+reject ledger (packer.index.reject_ledger) as the fill finds them, effective from the
+first epoch no planner has planned yet, and each epoch plans through
+`plan_epoch(index, history, epoch, ledger, job_start)`: an epoch's plan never changes once made, a restart on the same state dir
 (which keeps `job_start`, the ledger's length when the job was created) plans every
 epoch as before, and the next epoch leaves the failures out.
 """
@@ -26,8 +26,9 @@ import pyarrow as pa
 
 from packer.config import PackingConfig
 from packer.contract.cursor import Cursor, TicketError
+from packer.image.reject import Reject
 from packer.index.reject_ledger import RejectLedger
-from packer.index.table import header_rejects
+from packer.plan.epoch import EpochPlan, plan_epoch
 from packer.plan.history import ConfigHistory, ConfigVersion
 from packer.plan.planner import BatchPlan, EpochPlanner
 from service.state import StateStore
@@ -63,7 +64,7 @@ class EpochPlanners:
         # Guards the planners, the history's entries and the frontier: a planner reads
         # the history when it plans a window, so an append must not interleave with it.
         self._lock = threading.RLock()
-        self._planners: OrderedDict[int, EpochPlanner] = OrderedDict()
+        self._epoch_plans: OrderedDict[int, EpochPlan] = OrderedDict()
         self._frontier = state.frontier()
         # The highest epoch any planner has planned, here or before a restart (its
         # frontier): a reject found now applies from the epoch after it.
@@ -73,25 +74,20 @@ class EpochPlanners:
         """The plan of the batch `cursor` asks for next; None past the end of its epoch."""
         with self._lock:
             planner = self._planner(cursor.epoch)
-            plan = planner.rank_batch(cursor.rank, cursor.world_size, cursor.next_batch)
+            plan = planner.rank_plan(cursor.rank, cursor.world_size, cursor.next_batch)
             # Persist the frontier before the plan leaves (see the module docstring).
             if planner.next_window > self._frontier.get(cursor.epoch, 0):
                 self._frontier[cursor.epoch] = planner.next_window
                 self._state.advance_frontier(cursor.epoch, planner.next_window)
             return plan
 
-    def epoch_index(self, epoch: int) -> pa.Table:
-        """The index `epoch` plans from: the ledger's rejects of that epoch applied."""
-        return self.ledger.apply(self.index, epoch, self.job_start)
-
-    def rejected_before_planning(self, epoch: int) -> list[tuple[str, str, str]]:
+    def rejected_before_planning(self, epoch: int) -> list[Reject]:
         """(image_id, reason, detail) of the images `epoch` leaves out of its plan: an
         unreadable header, or a decode failure found in an earlier epoch."""
         with self._lock:
-            # The planner's own table: exactly what its plan leaves out.
-            return header_rejects(self._planner(epoch).index)
+            return self._epoch_plan(epoch).rejected
 
-    def record_rejects(self, rejected: list[tuple[str, str, str]]) -> int:
+    def record_rejects(self, rejected: list[Reject]) -> int:
         """Remember images the fill rejected, from the first epoch not yet planned;
         returns how many were new."""
         if not rejected:
@@ -116,8 +112,8 @@ class EpochPlanners:
         """The first (epoch, window) no planner has planned: where a change can start."""
         with self._lock:
             planned = dict(self._frontier)
-            for epoch, planner in self._planners.items():
-                planned[epoch] = max(planned.get(epoch, 0), planner.next_window)
+            for epoch, epoch_plan in self._epoch_plans.items():
+                planned[epoch] = max(planned.get(epoch, 0), epoch_plan.planner.next_window)
             point = (max(planned), planned[max(planned)]) if planned else (0, 0)
             latest = self.history.latest
             return max(point, (latest.epoch, latest.window))
@@ -132,13 +128,17 @@ class EpochPlanners:
 
     def _planner(self, epoch: int) -> EpochPlanner:
         """The shared planner of `epoch` (call with the lock held)."""
-        planner = self._planners.get(epoch)
-        if planner is None:
-            planner = EpochPlanner(self.epoch_index(epoch), self.history, epoch)
-            self._planners[epoch] = planner
+        return self._epoch_plan(epoch).planner
+
+    def _epoch_plan(self, epoch: int) -> EpochPlan:
+        """The shared plan of `epoch` (call with the lock held)."""
+        planned = self._epoch_plans.get(epoch)
+        if planned is None:
+            planned = plan_epoch(self.index, self.history, epoch, self.ledger, self.job_start)
+            self._epoch_plans[epoch] = planned
             self._planned_epoch = max(self._planned_epoch, epoch)
-            while len(self._planners) > _PLANNERS_KEPT:
-                self._planners.popitem(last=False)
+            while len(self._epoch_plans) > _PLANNERS_KEPT:
+                self._epoch_plans.popitem(last=False)
         else:
-            self._planners.move_to_end(epoch)
-        return planner
+            self._epoch_plans.move_to_end(epoch)
+        return planned

@@ -174,7 +174,7 @@ class RankStreams:
             # An epoch's rejects before planning (unreadable headers, decode failures
             # found in an earlier epoch) count once, when it is first planned.
             rejected = self._planners.rejected_before_planning(start.epoch)
-            self._stats.add_header_rejected(start.epoch, [reason for _, reason, _ in rejected])
+            self._stats.add_header_rejected(start.epoch, [r.reason for r in rejected])
             cursor = start
             while not self._stopping.is_set():
                 plan = self._planners.plan(cursor)
@@ -191,7 +191,7 @@ class RankStreams:
                 status.received += 1
                 if self._stopping.is_set():
                     raise ServiceStopping("the service is shutting down")
-                cursor, plan = planned.pop(filled.batch)
+                cursor, plan = planned.pop(filled.global_batch)
                 metadata = BatchMetadata(
                     epoch=cursor.epoch,
                     batch=cursor.next_batch,
@@ -228,7 +228,7 @@ class RankStreams:
         record_batch: pa.RecordBatch,
     ) -> None:
         packed = from_record_batch(record_batch)
-        rejected = [reason for _, reason, _ in filled.rejected]
+        rejected = [r.reason for r in filled.rejected]
         notes = [note.kind for note in filled.notes]
         self._stats.add_delivered(plan, packed, rejected, record_batch.nbytes, notes=notes)
         self._recent.add(metadata, packed)

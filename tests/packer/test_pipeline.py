@@ -118,12 +118,14 @@ def test_stream_filled_yields_every_plan_in_order_as_the_fill_makes_it(sample):
     from packer.pipeline import stream_filled
 
     index = load_index(str(sample))
-    plans = list(EpochPlanner(index, ConfigHistory.start(CONFIG), 0).iter_batches())
+    plans = list(EpochPlanner(index, ConfigHistory.start(CONFIG), 0).iter_plans())
     streamed = list(stream_filled(iter(plans), max_in_flight=2))
-    assert [(e.epoch, e.batch) for e in streamed] == [(p.epoch, p.batch) for p in plans]
+    assert [(e.epoch, e.global_batch) for e in streamed] == [
+        (p.epoch, p.global_batch) for p in plans
+    ]
     for encoded, plan in zip(streamed, plans, strict=True):
         assert encoded.config_version == plan.config_version and encoded.rejected == []
-        assert encoded.record_batch().equals(to_record_batch(fill_batch(plan).batch))
+        assert encoded.record_batch().equals(to_record_batch(fill_batch(plan).packed))
 
 
 def _listening_sockets(pids: set[int]) -> list[tuple[str, str]]:
@@ -203,7 +205,7 @@ def test_a_decode_failure_found_in_one_epoch_is_left_out_from_the_next(tmp_path)
     replanned = EpochPlanner(
         RejectLedger.for_index(index).apply(index, 0), ConfigHistory.start(CONFIG), 0
     )
-    assert any("bad/truncated.jpg" in plan.image_ids for plan in replanned.iter_batches())
+    assert any("bad/truncated.jpg" in plan.image_ids for plan in replanned.iter_plans())
 
 
 def test_every_file_of_the_format_corpus_is_packed_rejected_with_detail_or_skipped(tmp_path, capfd):

@@ -4,7 +4,6 @@ a fill without Ray for driving a job's rank streams in-process."""
 from __future__ import annotations
 
 import json
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -14,7 +13,9 @@ import pyarrow.flight as flight
 from packer.config import PackingConfig
 from packer.contract.schema import from_record_batch, to_record_batch
 from packer.fill.batch import fill_batch
+from packer.fill.bounded import in_order
 from packer.image.notes import ImageNote
+from packer.image.reject import Reject
 from packer.plan.planner import BatchPlan
 from service.flight import bearer_call_options
 
@@ -102,10 +103,10 @@ class FilledInProcess:
     """What `packer.pipeline.stream_filled` yields (a FilledBatch's fields), filled here."""
 
     epoch: int
-    batch: int
+    global_batch: int
     config_version: int
     packed: pa.RecordBatch
-    rejected: list[tuple[str, str, str]]
+    rejected: list[Reject]
     notes: list[ImageNote] = field(default_factory=list)
 
     def record_batch(self) -> pa.RecordBatch:
@@ -114,35 +115,30 @@ class FilledInProcess:
 
 @dataclass
 class InProcessFill:
-    """A stand-in for `stream_filled` without Ray, with stream_filled's bound: it takes
-    plans only while fewer than `max_in_flight` are pending, and fills one when its
-    consumer asks for the next batch. `plans_taken` counts the plans it pulled."""
+    """A stand-in for `stream_filled` without Ray, with its bound (the same loop,
+    packer.fill.bounded.in_order): it takes plans only while fewer than `max_in_flight`
+    are pending, and fills one when its consumer asks for the next batch. `plans_taken`
+    counts the plans it pulled."""
 
     plans_taken: int = 0
     seen_max_in_flight: list[int] = field(default_factory=list)
 
     def __call__(self, plans: Iterable[BatchPlan], max_in_flight: int) -> Iterator:
         self.seen_max_in_flight.append(max_in_flight)
-        pending: deque[BatchPlan] = deque()
-        source = iter(plans)
-        exhausted = False
-        while True:
-            while not exhausted and len(pending) < max_in_flight:
-                plan = next(source, None)
-                if plan is None:
-                    exhausted = True
-                else:
-                    self.plans_taken += 1
-                    pending.append(plan)
-            if not pending:
-                return
-            plan = pending.popleft()
-            result = fill_batch(plan)
-            yield FilledInProcess(
-                plan.epoch,
-                plan.batch,
-                plan.config_version,
-                to_record_batch(result.batch),
-                result.rejected,
-                result.notes,
-            )
+        return in_order(plans, self._take, self._fill, max_in_flight)
+
+    def _take(self, plan: BatchPlan) -> BatchPlan:
+        self.plans_taken += 1
+        return plan
+
+    @staticmethod
+    def _fill(plan: BatchPlan) -> FilledInProcess:
+        result = fill_batch(plan)
+        return FilledInProcess(
+            plan.epoch,
+            plan.global_batch,
+            plan.config_version,
+            to_record_batch(result.packed),
+            result.rejected,
+            result.notes,
+        )

@@ -12,8 +12,8 @@ import pyarrow.flight as flight
 import pytest
 
 from packer.contract.schema import PackedBatch, packed_schema, to_record_batch
+from service.fixed_batches import FixedBatchSource
 from service.flight import PackedFlightServer
-from service.replay import ReplaySource
 from service.state import StateStore
 from tests.service.service_testkit import (
     SMALL_CONFIG,
@@ -185,7 +185,7 @@ def test_backpressure_parks_a_stalled_stream_at_the_transport():
     batch = PackedBatch.empty(2, 1024, 16)
     batch.patches[:] = rng.integers(0, 256, batch.patches.shape, dtype=np.uint8)
     record_batch = to_record_batch(batch)  # about 1.6 MB
-    source = ReplaySource([record_batch], batches_per_epoch=300)
+    source = FixedBatchSource([record_batch], batches_per_epoch=300)
     server = PackedFlightServer(source, "127.0.0.1", 0)
     location = f"grpc+tcp://127.0.0.1:{server.port}"
     try:
@@ -258,7 +258,7 @@ def _one_line_reason(call) -> str:
 
 
 def test_every_client_caused_failure_is_a_one_line_flight_error():
-    source = ReplaySource([to_record_batch(PackedBatch.empty(1, 128, 16))], batches_per_epoch=4)
+    source = FixedBatchSource([to_record_batch(PackedBatch.empty(1, 128, 16))], batches_per_epoch=4)
     server = PackedFlightServer(source, "127.0.0.1", 0)
     client = connect(f"grpc+tcp://127.0.0.1:{server.port}")
     anywhere = flight.FlightDescriptor.for_path("anything")

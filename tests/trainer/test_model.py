@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.padded_baseline import pad_one_image_per_row
 from packer.contract.schema import PackedBatch
 from tests.trainer.trainer_synthetic import make_batch
 from trainer.data import to_device
@@ -19,7 +20,6 @@ from trainer.model import (
     NaViTConfig,
     build_model,
     dense_image_mask,
-    pad_one_image_per_row,
     token_image_index,
 )
 

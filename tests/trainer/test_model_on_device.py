@@ -17,13 +17,12 @@ import torch.nn.functional as F
 
 from tests.trainer.trainer_synthetic import make_batch
 from trainer.data import to_device
+from trainer.flex_mask import flex_attend, flex_image_block_mask
 from trainer.model import (
     MODEL_INPUTS,
     NaViT,
     build_model,
     dense_image_mask,
-    flex_attend,
-    flex_image_block_mask,
 )
 
 PATCH = 4

@@ -72,7 +72,7 @@ def test_a_packed_folder_and_a_flight_stream_score_as_one_row(
     assert folder_row["resolution"] is None
     assert folder_row["images"] == sample_model.val.num_rows
 
-    batches = [result.batch for result in pack_in_process(sample_model.val, config)]
+    batches = [result.packed for result in pack_in_process(sample_model.val, config)]
     server = ListFlightServer([batches], token="secret")
     token_file = tmp_path / "token"
     token_file.write_text("secret\n")

@@ -281,8 +281,8 @@ def test_planned_and_filled_batches_keep_the_layout_through_arrow(
         pack_window=pack_window,
         seed=seed,
     )
-    for plan in EpochPlanner(odd_index, ConfigHistory.start(config), 0).iter_batches():
-        batch = fill_batch(plan).batch
+    for plan in EpochPlanner(odd_index, ConfigHistory.start(config), 0).iter_plans():
+        batch = fill_batch(plan).packed
         assert layout_violations(batch) == []
         assert_same_batch(from_record_batch(to_record_batch(batch)), batch)
 
@@ -290,5 +290,5 @@ def test_planned_and_filled_batches_keep_the_layout_through_arrow(
 def test_the_odd_images_include_one_the_fill_rejects(odd_index):
     # The property above covers the fill moving images up past a reject only if one exists.
     config = PackingConfig(seq_len=256, max_res=128, batch_size=2, pack_window=8)
-    plans = EpochPlanner(odd_index, ConfigHistory.start(config), 0).iter_batches()
+    plans = EpochPlanner(odd_index, ConfigHistory.start(config), 0).iter_plans()
     assert any(fill_batch(plan).rejected for plan in plans)

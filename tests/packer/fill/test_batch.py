@@ -29,7 +29,7 @@ def odd_dataset(tmp_path_factory) -> tuple[Path, dict]:
 
 def _plans(root: Path, config: PackingConfig = CONFIG):
     index = load_index(str(root), cache_dir=root.parent / f"{root.name}-cache")
-    return index, list(EpochPlanner(index, ConfigHistory.start(config), 0).iter_batches())
+    return index, list(EpochPlanner(index, ConfigHistory.start(config), 0).iter_plans())
 
 
 def test_unpatchify_of_packed_image_equals_the_resized_image(tmp_path):
@@ -37,7 +37,7 @@ def test_unpatchify_of_packed_image_equals_the_resized_image(tmp_path):
     _, plans = _plans(tmp_path / "data")
     checked = 0
     for plan in plans:
-        packed = from_record_batch(to_record_batch(fill_batch(plan).batch))
+        packed = from_record_batch(to_record_batch(fill_batch(plan).packed))
         offset = 0
         for i, image_id in enumerate(plan.image_ids):
             s = int(plan.sequence[i])
@@ -66,7 +66,7 @@ def test_every_odd_image_is_packed_or_rejected_with_its_reason(odd_dataset):
     packed_ids, fill_rejects = [], {}
     for plan in plans:
         result = fill_batch(plan)
-        packed_ids += result.batch.image_ids
+        packed_ids += result.packed.image_ids
         fill_rejects.update({i: reason for i, reason, _ in result.rejected})
     rejected = {**header_rejects, **fill_rejects}
     assert len(packed_ids) + len(rejected) == len(expected)
@@ -79,7 +79,7 @@ def test_a_corrupt_image_lets_the_later_images_of_its_sequence_move_up(odd_datas
     _, plans = _plans(root, CONFIG.replace(batch_size=64))
     (plan,) = plans
     result = fill_batch(plan)
-    batch = result.batch
+    batch = result.packed
     assert result.rejected_reasons == ["truncated"]
     for row, k in zip(batch.segment_ids, batch.images_per_seq.tolist(), strict=True):
         real = row[row > 0]

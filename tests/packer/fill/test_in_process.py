@@ -35,7 +35,7 @@ def test_every_image_gets_the_target_grid_of_the_resolution(sample_index, res_mo
         packed = {}
         for result in pack_in_process(sample_index, config):
             assert not result.rejected
-            batch = result.batch
+            batch = result.packed
             for image_id, h, w in zip(
                 batch.image_ids, batch.image_grid_h, batch.image_grid_w, strict=True
             ):
@@ -79,8 +79,8 @@ def test_packed_folder_holds_every_image_once_and_replaces_an_older_pack(sample_
 
 def test_same_index_and_config_pack_the_same_bytes(sample_index, tmp_path: Path):
     config = fixed_resolution_config(48, 16)
-    first = [r.batch for r in pack_in_process(sample_index, config)]
-    second = [r.batch for r in pack_in_process(sample_index, config)]
+    first = [r.packed for r in pack_in_process(sample_index, config)]
+    second = [r.packed for r in pack_in_process(sample_index, config)]
     assert len(first) == len(second)
     for a, b in zip(first, second, strict=True):
         assert np.array_equal(a.patches, b.patches) and a.image_ids == b.image_ids

@@ -102,11 +102,11 @@ def test_index_ids_of_tar_and_parquet_follow_the_naming_rules(folder, tmp_path):
     row = table.slice(0, 1).to_pylist()[0]
     assert row["image_id"] == "shard-000000.tar/checkers__checkers_000000"
     assert row["uri"] == str(tmp_path / "wds" / "shard-000000.tar")
-    assert row["offset"] % 512 == 0 and row["length"] > 0 and row["row"] == -1
+    assert row["offset"] % 512 == 0 and row["length"] > 0 and row["source_row"] == -1
     write_parquet(folder, tmp_path / "d.parquet")
     table = build_index(open_source(str(tmp_path / "d.parquet")))
     assert table.column("image_id").to_pylist()[:3] == ["d.parquet/0", "d.parquet/1", "d.parquet/2"]
-    assert table.column("row").to_pylist()[:3] == [0, 1, 2]
+    assert table.column("source_row").to_pylist()[:3] == [0, 1, 2]
     assert set(table.column("offset").to_pylist()) == {-1}
 
 

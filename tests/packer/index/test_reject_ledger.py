@@ -18,7 +18,7 @@ CONFIG = PackingConfig(seq_len=256, max_res=192, batch_size=4, pack_window=32)
 
 def _ids(index: pa.Table, epoch: int) -> list[list[str]]:
     planner = EpochPlanner(index, ConfigHistory.start(CONFIG), epoch)
-    return [plan.image_ids for plan in planner.iter_batches()]
+    return [plan.image_ids for plan in planner.iter_plans()]
 
 
 def test_an_entry_changes_no_epoch_before_its_effective_one_and_leaves_the_image_out_after():

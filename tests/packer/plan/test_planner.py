@@ -40,7 +40,7 @@ def test_every_valid_image_planned_exactly_once_per_epoch(
     config = SMALL.replace(
         seed=seed, pack_window=window, batch_size=batch_size, carry_over=carry, packing=strategy
     )
-    plans = list(EpochPlanner(index, ConfigHistory.start(config), 0).iter_batches())
+    plans = list(EpochPlanner(index, ConfigHistory.start(config), 0).iter_plans())
     ids = _planned_ids(plans)
     valid = [
         i
@@ -65,7 +65,9 @@ def test_ranks_get_disjoint_streams_of_equal_length_covering_the_epoch():
     planner = EpochPlanner(index, history, 0)
     total = planner.num_batches()
     for world in (1, 2, 3, 4):
-        streams = [list(EpochPlanner(index, history, 0).iter_rank(r, world)) for r in range(world)]
+        streams = [
+            list(EpochPlanner(index, history, 0).iter_rank_plans(r, world)) for r in range(world)
+        ]
         lengths = {len(s) for s in streams}
         assert lengths == {-(-total // world)}
         ids = [i for s in streams for i in _planned_ids(s)]
@@ -75,8 +77,8 @@ def test_ranks_get_disjoint_streams_of_equal_length_covering_the_epoch():
 def test_any_batch_is_regenerated_without_replaying_the_past():
     index = imagenet_like_index(400, 2)
     history = ConfigHistory.start(SMALL)
-    full = list(EpochPlanner(index, history, 1).iter_rank(1, 2))
-    resumed = list(EpochPlanner(index, history, 1).iter_rank(1, 2, start=5))
+    full = list(EpochPlanner(index, history, 1).iter_rank_plans(1, 2))
+    resumed = list(EpochPlanner(index, history, 1).iter_rank_plans(1, 2, start=5))
     assert [p.image_ids for p in full[5:]] == [p.image_ids for p in resumed]
     assert [p.grid_h.tolist() for p in full[5:]] == [p.grid_h.tolist() for p in resumed]
 
@@ -84,9 +86,9 @@ def test_any_batch_is_regenerated_without_replaying_the_past():
 def test_same_seed_same_plan_other_epoch_reshuffles():
     index = imagenet_like_index(200, 3)
     history = ConfigHistory.start(SMALL)
-    a = _planned_ids(EpochPlanner(index, history, 0).iter_batches())
-    b = _planned_ids(EpochPlanner(index, history, 0).iter_batches())
-    c = _planned_ids(EpochPlanner(index, history, 1).iter_batches())
+    a = _planned_ids(EpochPlanner(index, history, 0).iter_plans())
+    b = _planned_ids(EpochPlanner(index, history, 0).iter_plans())
+    c = _planned_ids(EpochPlanner(index, history, 1).iter_plans())
     assert a == b and sorted(a) == sorted(c) and a != c
 
 
@@ -94,18 +96,18 @@ def test_config_change_applies_from_the_next_unplanned_window():
     index = imagenet_like_index(400, 4)
     history = ConfigHistory.start(SMALL)
     planner = EpochPlanner(index, history, 0)
-    first = planner.batch(0)
+    first = planner.plan(0)
     assert first is not None and first.config_version == 1
     boundary = planner.next_window
     history.append(SMALL.replace(max_images_per_seq=2), 0, boundary)
-    later = list(planner.iter_batches())
+    later = list(planner.iter_plans())
     assert later[-1].config_version == 2
     v2 = [p for p in later if p.config_version == 2]
     for plan in v2:  # v1's carried bins and pending sequences shipped as v1
         assert np.bincount(plan.sequence).max() <= 2
     assert any(np.bincount(p.sequence).max() > 2 for p in later if p.config_version == 1)
     # A fresh planner with the same history regenerates the same batches.
-    again = list(EpochPlanner(index, history, 0).iter_batches())
+    again = list(EpochPlanner(index, history, 0).iter_plans())
     assert [p.image_ids for p in again] == [p.image_ids for p in later]
     # History survives a JSON round trip (the service's state store).
     restored = ConfigHistory.from_json(history.to_json())
@@ -129,10 +131,10 @@ def test_changing_strategy_ships_the_waiting_images_under_the_old_version():
     config = SMALL.replace(pack_window=64, batch_size=2)
     history = ConfigHistory.start(config)
     planner = EpochPlanner(index, history, 0)
-    planner.batch(0)
+    planner.plan(0)
     assert planner._carry.waiting  # exact fit keeps small images for the next window
     history.append(config.replace(packing="best_fit"), 0, planner.next_window)
-    plans = list(planner.iter_batches())  # from batch 0, planned before the change
+    plans = list(planner.iter_plans())  # from batch 0, planned before the change
     assert sorted(_planned_ids(plans)) == sorted(index.column("image_id").to_pylist())
     versions = [p.config_version for p in plans]
     assert versions == sorted(versions) and set(versions) == {1, 2}
@@ -141,7 +143,7 @@ def test_changing_strategy_ships_the_waiting_images_under_the_old_version():
 def test_extreme_aspect_images_still_fit():
     widths, heights = np.array([5000, 1, 3000, 64]), np.array([1, 5000, 1000, 64])
     index = synthetic_index(widths, heights)
-    plans = list(EpochPlanner(index, ConfigHistory.start(PackingConfig()), 0).iter_batches())
+    plans = list(EpochPlanner(index, ConfigHistory.start(PackingConfig()), 0).iter_plans())
     assert sorted(_planned_ids(plans)) == sorted(index.column("image_id").to_pylist())
     sizes = imagenet_like_sizes(10)
     assert len(sizes[0]) == 10
@@ -151,12 +153,12 @@ def test_planner_keeps_few_plans_and_regenerates_forgotten_ones_identically():
     index = imagenet_like_index(500, 5)
     history = ConfigHistory.start(SMALL)
     bounded = EpochPlanner(index, history, 0, max_kept_batches=3)
-    plans = list(bounded.iter_batches())
+    plans = list(bounded.iter_plans())
     assert len(bounded._batches) == 3 < len(plans)
-    again = [bounded.batch(j) for j in range(len(plans))]  # forgotten: replayed, in one pass
+    again = [bounded.plan(j) for j in range(len(plans))]  # forgotten: replayed, in one pass
     assert [p.image_ids for p in again] == [p.image_ids for p in plans]
     assert np.array_equal(again[0].num_kept, plans[0].num_kept)
-    unbounded = list(EpochPlanner(index, history, 0).iter_batches())
+    unbounded = list(EpochPlanner(index, history, 0).iter_plans())
     assert [p.image_ids for p in plans] == [p.image_ids for p in unbounded]
 
 
@@ -165,7 +167,7 @@ def test_after_a_config_change_every_batch_honours_the_version_it_carries():
     config = PackingConfig(seq_len=256, max_res=128, min_res=32, batch_size=2, pack_window=64)
     history = ConfigHistory.start(config)
     history.append(config.replace(max_images_per_seq=2), 0, 2)
-    plans = list(EpochPlanner(index, history, 0).iter_batches())
+    plans = list(EpochPlanner(index, history, 0).iter_plans())
     ids = [i for p in plans for i in p.image_ids]
     assert sorted(ids) == sorted(index.column("image_id").to_pylist())
     versions = [p.config_version for p in plans]
@@ -183,9 +185,9 @@ def test_padding_past_the_epoch_end_keeps_the_config_that_planned_the_epoch():
     history = ConfigHistory.start(config)
     planner = EpochPlanner(index, history, 0)
     world = planner.num_batches() + 1  # the last rank gets only padding
-    before = planner.rank_batch(world - 1, world, 0)
+    before = planner.rank_plan(world - 1, world, 0)
     # A change recorded after the epoch was planned starts past its last window.
     history.append(config.replace(batch_size=3), 0, planner.next_window)
-    after = planner.rank_batch(world - 1, world, 0)
+    after = planner.rank_plan(world - 1, world, 0)
     assert after.num_images == 0
     assert (after.config_version, after.num_sequences) == (before.config_version, 1) == (1, 1)

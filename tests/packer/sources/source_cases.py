@@ -12,7 +12,9 @@ from packer.sources import ByteReader, Source
 def bytes_by_id(source: Source) -> dict[str, bytes]:
     """Every record of `source` read back with a fresh ByteReader, by image id."""
     reader = ByteReader()
-    return {r.image_id: reader.read(r.uri, r.offset, r.length, r.row) for r in source.records()}
+    return {
+        r.image_id: reader.read(r.uri, r.offset, r.length, r.source_row) for r in source.records()
+    }
 
 
 def write_tar(path: Path, members: dict[str, bytes]) -> None:

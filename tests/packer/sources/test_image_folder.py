@@ -19,7 +19,7 @@ def test_image_folder_labels_are_sorted_class_folder_indices(folder):
     assert len(records) == 12
     for record in records:
         assert record.label == source.class_names.index(record.image_id.split("/")[0])
-        assert (record.offset, record.length, record.row) == (-1, -1, -1)
+        assert (record.offset, record.length, record.source_row) == (-1, -1, -1)
         assert record.uri == str(folder / record.image_id)
 
 

@@ -24,10 +24,10 @@ def test_parquet_rows_read_back_the_folder_images_across_row_groups(folder, tmp_
     folder_ids = sorted(folder_bytes)
     records = source.records()
     assert [r.image_id for r in records] == [f"data.parquet/{i}" for i in range(12)]
-    assert [r.row for r in records] == list(range(12))
+    assert [r.source_row for r in records] == list(range(12))
     reader = ByteReader()
     for record, folder_id in zip(records, folder_ids, strict=True):
-        assert reader.read(record.uri, -1, -1, record.row) == folder_bytes[folder_id]
+        assert reader.read(record.uri, -1, -1, record.source_row) == folder_bytes[folder_id]
         assert record.label == source.class_names.index(folder_id.split("/")[0])
     # Out of order reads still hit the right row group.
     assert reader.read(records[0].uri, -1, -1, 11) == folder_bytes[folder_ids[11]]

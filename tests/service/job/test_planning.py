@@ -25,7 +25,7 @@ def test_the_same_plans_whichever_rank_asks_first(sample_index):
         shared.plan(Cursor(0, 2, 0, k))
     rank1_after = [shared.plan(Cursor(1, 2, 0, k)) for k in range(3)]
     assert [p.image_ids for p in rank1_alone] == [p.image_ids for p in rank1_after]
-    assert [p.batch for p in rank1_after] == [1, 3, 5]
+    assert [p.global_batch for p in rank1_after] == [1, 3, 5]
 
 
 def test_the_frontier_is_saved_before_a_plan_leaves(sample_index, tmp_path):

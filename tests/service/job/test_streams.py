@@ -42,7 +42,7 @@ def test_a_rank_stream_delivers_its_global_batches_k_times_w_plus_r_in_order(sam
             assert batch.metadata.batch == k
             assert batch.metadata.global_batch == j
             assert batch.metadata.config_version == 1
-            plan = planner.batch(j)
+            plan = planner.plan(j)
             ids = list(from_record_batch(batch.record_batch).image_ids)
             # The planner's batch j, or all padding where the epoch ran out mid-round.
             assert ids == (plan.image_ids if plan is not None else [])

@@ -1,4 +1,4 @@
-"""A batch source that replays a fixed list of pre-filled batches through the Flight server.
+"""A batch source that streams a fixed list of pre-filled batches through the Flight server.
 
 It measures the transport alone (benchmarks: Flight vs a raw Arrow IPC socket, where
 decoding images would otherwise dominate) and lets tests drive backpressure with a long
@@ -25,10 +25,10 @@ from packer.contract.cursor import (
 from service.batch_source import OutgoingBatch
 
 
-class ReplaySource:
+class FixedBatchSource:
     def __init__(self, batches: list[pa.RecordBatch], batches_per_epoch: int) -> None:
         if not batches:
-            raise ValueError("ReplaySource needs at least one batch")
+            raise ValueError("FixedBatchSource needs at least one batch")
         self.batches = batches
         self.batches_per_epoch = batches_per_epoch
         self._lock = threading.Lock()
@@ -41,7 +41,7 @@ class ReplaySource:
         metadata = {
             k.decode(): v.decode() for k, v in (self.stream_schema().metadata or {}).items()
         }
-        return {"source": "replay", "batches_per_epoch": self.batches_per_epoch, **metadata}
+        return {"source": "fixed_batches", "batches_per_epoch": self.batches_per_epoch, **metadata}
 
     def open_rank_stream(self, cursor: Cursor) -> Iterator[OutgoingBatch]:
         if cursor.next_batch > self.batches_per_epoch:

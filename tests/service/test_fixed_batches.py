@@ -1,4 +1,4 @@
-"""ReplaySource: rank striding and batch metadata like the job's, without Ray."""
+"""FixedBatchSource: rank striding and batch metadata like the job's, without Ray."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import pytest
 
 from packer.contract.cursor import Cursor, TicketError, batches_per_rank, global_batch_index
 from packer.contract.schema import PackedBatch, to_record_batch
-from service.replay import ReplaySource
+from service.fixed_batches import FixedBatchSource
 
 
-def _source(batches_per_epoch: int) -> tuple[ReplaySource, list]:
+def _source(batches_per_epoch: int) -> tuple[FixedBatchSource, list]:
     # Three distinct batches (1, 2 and 3 sequences) so a replayed one is recognisable.
     batches = [to_record_batch(PackedBatch.empty(n, 16, 4)) for n in (1, 2, 3)]
-    return ReplaySource(batches, batches_per_epoch), batches
+    return FixedBatchSource(batches, batches_per_epoch), batches
 
 
 def test_rank_r_gets_global_batches_k_times_w_plus_r_in_order():
@@ -39,4 +39,4 @@ def test_a_stream_resumes_at_its_cursor_and_refuses_one_past_the_epoch():
 
 def test_a_replay_needs_a_batch():
     with pytest.raises(ValueError, match="at least one batch"):
-        ReplaySource([], batches_per_epoch=1)
+        FixedBatchSource([], batches_per_epoch=1)

@@ -1,0 +1,52 @@
+"""Planning one epoch: the one way every caller does it.
+
+    index --(reject ledger: decode failures known for this epoch)--> the epoch's index
+          --(header rejects: what it leaves out)--> EpochPlan.rejected
+          --(EpochPlanner)--> EpochPlan.planner, every batch of the epoch
+
+`navit pack` (packer.pipeline), `navit simulate` (packer.plan.simulate), the service's
+shared planners (service.job.planning) and the in-process packing (packer.fill.in_process)
+all plan through `plan_epoch`, so an image is left out for the same reason everywhere
+and what simulate predicts is what the others deliver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from packer.image.reject import Reject
+from packer.index.reject_ledger import RejectLedger
+from packer.index.table import header_rejects
+from packer.plan.history import ConfigHistory
+from packer.plan.planner import EpochPlanner
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """One epoch's planner, and the images its plan leaves out before planning."""
+
+    epoch: int
+    planner: EpochPlanner
+    rejected: list[Reject]  # an unreadable header, or a decode failure the ledger knows
+
+
+def plan_epoch(
+    index: pa.Table,
+    history: ConfigHistory,
+    epoch: int,
+    ledger: RejectLedger | None = None,
+    job_start: int | None = None,
+) -> EpochPlan:
+    """Plan `epoch` of `index` under `history`.
+
+    `ledger` (None: none) leaves out the decode failures it knows for this epoch: those
+    recorded before the job started (`job_start`, the ledger's length then; None: every
+    entry, as simulate and a new pack want) and the job's own from their effective epoch
+    on (packer.index.reject_ledger). For an index with two unreadable headers and one
+    known decode failure, `rejected` holds the three and the planner places neither.
+    """
+    if ledger is not None:
+        index = ledger.apply(index, epoch, len(ledger) if job_start is None else job_start)
+    return EpochPlan(epoch, EpochPlanner(index, history, epoch), header_rejects(index))
