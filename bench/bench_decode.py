@@ -158,7 +158,7 @@ def _add_stage_times(stages: dict[str, float], marks: tuple[float, ...]) -> None
 
 
 def _ours_staged(item: Item, slots: np.ndarray, stages: dict[str, float]) -> np.ndarray:
-    """decode_resized's steps one at a time (the same calls, see packer.imageio)."""
+    """decode_resized's steps one at a time (the same calls, see packer.image.imageio)."""
     clock = time.process_time
     t0 = clock()
     data = item.path.read_bytes()

@@ -1,7 +1,7 @@
 """One model at many resolutions: NaViT's cost/accuracy trade-off, measured (`navit eval`).
 
 The launch layer joins the two halves the layer rule keeps apart: the packer packs the
-evaluation images at each fixed resolution in this process (packer.fixed_resolution:
+evaluation images at each fixed resolution in this process (packer.fill.in_process with packer.config.fixed_resolution_config:
 the same planner and fill as training's), the trainer scores the batches and times the
 model (trainer.evaluate.evaluate_batches). A packed folder or a Flight stream is scored
 as it is, one row.
@@ -81,7 +81,7 @@ def sweep_dataset(
     """Pack `index`'s images at each resolution and score the model on them, one row each.
 
     The model's patch size is the packing's; `seq_len` defaults to enough for the largest
-    image (packer.fixed_resolution). The same model and index give the same scores and
+    image (packer.config.fixed_resolution_config). The same model and index give the same scores and
     tokens on every call (seeded planning, eval mode); only the rates vary.
     """
     patch_size = model.config.patch_size

@@ -69,7 +69,7 @@ class PackingConfig:
     drop_min_rate: float = 0.0
     drop_beta_a: float = 1.0
     drop_beta_b: float = 1.0
-    packing: PackingStrategy = "exact_fit"  # see packer.packing
+    packing: PackingStrategy = "exact_fit"  # see packer.plan.packing
     pack_window: int = 1024  # images bin-packed together
     carry_over: bool = True  # let a window leave small images or open sequences to the next
     seed: int = 0

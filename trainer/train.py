@@ -30,6 +30,7 @@ import os
 import time
 import warnings
 from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ from trainer.data import is_flight_source, iter_batches, to_device
 from trainer.distributed import autocast, pick_device, process_group, wrap_model
 from trainer.evaluate import evaluate
 from trainer.metrics import MetricsLog, step_record, throughput
-from trainer.model import MODEL_INPUTS, build_model
+from trainer.model import MODEL_INPUTS, NaViT, build_model
 
 DEFAULT_NUM_CLASSES = 1000
 
@@ -73,42 +74,15 @@ def train(config: TrainConfig, token: str | None = None) -> list[dict[str, Any]]
 
     with process_group(rank, world_size, device):
         # The data comes first: the model's patch size is the data's.
-        waited = time.perf_counter()
-        batches = iter_batches(config.source, cursor, token=token, prefetch=config.prefetch)
-        first = next(batches, None)
-        if first is None:
-            raise RuntimeError(f"{config.source}: no batches to train on")
-        first_wait = time.perf_counter() - waited
-        stream = _chain_first(first, batches)
-        patch_size = first[1].patch_size
-
-        torch.manual_seed(config.seed)
-        if checkpoint:
-            navit = restore_model(checkpoint, patch_size)
-        else:
-            num_classes = config.num_classes or _classes_in_folder(config.source)
-            navit = build_model(
-                config.model,
-                num_classes or DEFAULT_NUM_CLASSES,
-                patch_size=patch_size,
-                pos_mode=config.pos_mode,
-                attn_impl=config.attn_impl,
-            )
-        navit.to(device)
-        optimizer = make_optimizer(navit, config.lr, config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps)
+        stream, patch_size, first_wait = _open_stream(config, cursor, token)
+        model = _build(config, checkpoint, patch_size, device)
+        log = MetricsLog(
+            Path(config.ckpt_dir) / METRICS_NAME if rank == 0 else None,
+            start_step if checkpoint else None,
         )
-        if checkpoint:
-            restore_training(checkpoint, optimizer, scheduler, config.steps)
-        step_model = wrap_model(navit, device, config.compile)
-
-        is_main = rank == 0
-        metrics_path = Path(config.ckpt_dir) / METRICS_NAME if is_main else None
-        log = MetricsLog(metrics_path, start_step if checkpoint else None)
         last_step = min(config.steps, config.stop_at or config.steps)
-        progress = config.progress and is_main
-        bar = tqdm(total=config.steps, initial=start_step, disable=not progress, unit="step")
+        show = config.progress and rank == 0
+        bar = tqdm(total=config.steps, initial=start_step, disable=not show, unit="step")
         completed = start_step
         for step in range(start_step + 1, last_step + 1):
             # The first step also counts the wait for the first batch, fetched above.
@@ -119,21 +93,8 @@ def train(config: TrainConfig, token: str | None = None) -> list[dict[str, Any]]
                 warnings.warn(f"{config.source}: data ended after step {completed}", stacklevel=2)
                 break
             cursor, batch = item  # the cursor after this batch: where a resume continues
-            check_labels(batch, navit.config.num_classes)
-            tensors = to_device(batch, device)
-            labels = tensors.pop("labels")
-            with autocast(device):
-                logits = step_model(**{name: tensors[name] for name in MODEL_INPUTS})
-            loss, correct = classification_loss(logits, labels, int((batch.labels >= 0).sum()))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(navit.parameters(), config.grad_clip)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
+            loss, correct, lr = model.step(batch, device, config.grad_clip)
             completed = step
-
             if step % config.log_every == 0 or step == last_step:
                 loss_value = float(loss.item())  # syncs the device, so only on logged steps
                 step_s = time.perf_counter() - step_begin
@@ -142,16 +103,94 @@ def train(config: TrainConfig, token: str | None = None) -> list[dict[str, Any]]
                 bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{record['accuracy']:.3f}")
             bar.update(1)
             if step != last_step and _every(step, config.ckpt_every):
-                save_on_main(ckpt_path, navit, optimizer, scheduler, step, config.steps, cursor)
+                model.save(ckpt_path, step, config.steps, cursor)
             if step != last_step and config.eval_source and _every(step, config.eval_every):
-                log.write(evaluate(navit, config.eval_source, step, rank, world_size, device))
+                log.write(evaluate(model.navit, config.eval_source, step, rank, world_size, device))
         bar.close()
         stream.close()  # stops the prefetch thread
-        save_on_main(ckpt_path, navit, optimizer, scheduler, completed, config.steps, cursor)
+        model.save(ckpt_path, completed, config.steps, cursor)
         if config.eval_source:
-            log.write(evaluate(navit, config.eval_source, completed, rank, world_size, device))
+            log.write(
+                evaluate(model.navit, config.eval_source, completed, rank, world_size, device)
+            )
         log.close()
     return log.records
+
+
+# ---------------------------------------------------------------------------------------
+# The data and the model of a run
+
+
+def _open_stream(
+    config: TrainConfig, cursor: Cursor, token: str | None
+) -> tuple[Generator[tuple[Cursor, PackedBatch], None, None], int, float]:
+    """(the stream from `cursor` on, its patch size, seconds waited for its first batch)."""
+    waited = time.perf_counter()
+    batches = iter_batches(config.source, cursor, token=token, prefetch=config.prefetch)
+    first = next(batches, None)
+    if first is None:
+        raise RuntimeError(f"{config.source}: no batches to train on")
+    first_wait = time.perf_counter() - waited
+    return _chain_first(first, batches), first[1].patch_size, first_wait
+
+
+@dataclass
+class _Model:
+    """The model of a run with its optimizer and schedule; `step_model` is what the
+    forward runs through (DDP-wrapped and compiled where asked)."""
+
+    navit: NaViT
+    step_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def step(
+        self, batch: PackedBatch, device: torch.device, grad_clip: float
+    ) -> tuple[torch.Tensor, torch.Tensor | int, float]:
+        """One optimizer step on `batch`: (loss, correct images, the step's learning rate)."""
+        check_labels(batch, self.navit.config.num_classes)
+        tensors = to_device(batch, device)
+        labels = tensors.pop("labels")
+        with autocast(device):
+            logits = self.step_model(**{name: tensors[name] for name in MODEL_INPUTS})
+        loss, correct = classification_loss(logits, labels, int((batch.labels >= 0).sum()))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.navit.parameters(), grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss, correct, lr
+
+    def save(self, path: Path, step: int, total_steps: int, cursor: Cursor) -> None:
+        save_on_main(path, self.navit, self.optimizer, self.scheduler, step, total_steps, cursor)
+
+
+def _build(
+    config: TrainConfig, checkpoint: dict[str, Any] | None, patch_size: int, device: torch.device
+) -> _Model:
+    """A fresh model (seeded), or the checkpoint's with its optimizer and schedule."""
+    torch.manual_seed(config.seed)
+    if checkpoint:
+        navit = restore_model(checkpoint, patch_size)
+    else:
+        num_classes = config.num_classes or _classes_in_folder(config.source)
+        navit = build_model(
+            config.model,
+            num_classes or DEFAULT_NUM_CLASSES,
+            patch_size=patch_size,
+            pos_mode=config.pos_mode,
+            attn_impl=config.attn_impl,
+        )
+    navit.to(device)
+    optimizer = make_optimizer(navit, config.lr, config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps)
+    )
+    if checkpoint:
+        restore_training(checkpoint, optimizer, scheduler, config.steps)
+    return _Model(navit, wrap_model(navit, device, config.compile), optimizer, scheduler)
 
 
 # ---------------------------------------------------------------------------------------

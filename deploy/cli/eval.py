@@ -5,7 +5,7 @@
 
 A data set source is packed at each resolution in this process (deploy.resolution_sweep)
 and scored, one row per resolution; `--val-fraction F --val-seed S` keeps only the images
-`navit pretrain --val-fraction F --val-seed S` held out of training (packer.split). A
+`navit pretrain --val-fraction F --val-seed S` held out of training (packer.plan.split). A
 packed folder or a Flight stream (grpc://...) is scored as it is, one row (epoch 0).
 A bad flag, a missing checkpoint or data set: exit 2 with one line saying which.
 """

@@ -19,10 +19,10 @@ import argparse
 import dataclasses
 import types
 import typing
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 def flag_name(field: dataclasses.Field) -> str:
@@ -115,6 +115,10 @@ def add_settings_arguments(
     exclude: tuple[str, ...] = (),
 ) -> None:
     """One flag per field of `settings_type` (see the module doc); default None each."""
+    # Imported here: `navit train` (the trainer image: torch and pyarrow only) uses this
+    # module's dataclass flags and must not need pydantic.
+    from pydantic_core import PydanticUndefined
+
     for name, field in settings_type.model_fields.items():
         if name in exclude:
             continue

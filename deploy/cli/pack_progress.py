@@ -32,7 +32,7 @@ _BAR_FORMAT = (
 
 
 class StatsSoFar(Protocol):
-    """What the live line reads of the running stats (packer.stats.PackingStats)."""
+    """What the live line reads of the running stats (packer.plan.stats.PackingStats)."""
 
     images_in: int
 

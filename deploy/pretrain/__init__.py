@@ -22,7 +22,7 @@ The run directory (`--run-dir`, default runs/pretrain) keeps:
   checkpoint (model, optimizer, data cursor);
 - `stats.json`: the service's GET /stats at the end; `stats.jsonl`: /stats samples over
   the run (efficiency, images/s, config version);
-- `val/`: the held-out validation split (`--val-fraction`, `--val-seed`; packer.split),
+- `val/`: the held-out validation split (`--val-fraction`, `--val-seed`; packer.plan.split),
   packed once at the packing config's max_res; the service never streams these images,
   the trainers score them every `--eval-every` steps ("eval": true lines in
   metrics.jsonl, "val acc" on the progress line);
@@ -32,6 +32,9 @@ The run directory (`--run-dir`, default runs/pretrain) keeps:
 - `state/`: the service's config history and rank cursors (a PATCH survives `--resume`);
 - `logs/service.log`, `logs/trainer-R.log`: the children's output.
 
-Modules: options (PretrainOptions), processes (Child), progress (metrics, the progress
-line), control_plane (the HTTP client of the service), plot, supervisor (Pretrain).
+Modules: options (PretrainOptions), run_dir (the files above), processes (Child),
+service_child (the service's start and readiness), trainer_ranks (the ranks' starts and
+stops), watch and progress (metrics, /stats samples, the progress line), control_plane
+(the HTTP client of the service), validation (the held-out split), plot, and
+supervisor (Pretrain, which runs them in order).
 """

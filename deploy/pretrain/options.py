@@ -56,7 +56,7 @@ class PretrainOptions:
     max_restarts: int = 3  # restarts of failed trainers
     progress: bool = True  # a progress bar (False: a plain status line every 10 s)
     verbose: bool = False  # the service shows Ray's start-up lines (in its log)
-    # The validation split (packer.split): held out of the service's streams, packed once
+    # The validation split (packer.plan.split): held out of the service's streams, packed once
     # at the packing config's max_res into run_dir/val, scored every eval_every steps.
     val_fraction: float = DEFAULT_VAL_FRACTION  # 0: no split, no validation
     val_seed: int = 0

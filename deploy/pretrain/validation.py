@@ -1,11 +1,11 @@
 """The run's validation split: held out of the service's streams, packed once for the
 trainers' evaluation.
 
-`--val-fraction F --val-seed S` holds out the images packer.split chooses for (S, image
+`--val-fraction F --val-seed S` holds out the images packer.plan.split chooses for (S, image
 id); the service gets the same pair (`navit serve --holdout-fraction F --holdout-seed
 S`), so it never streams them. They are packed here, once, at the packing config's
 max_res (every image at that one resolution, aspect kept, no token drop:
-packer.fixed_resolution) into run_dir/val, which the trainers score every eval_every
+packer.fill.in_process) into run_dir/val, which the trainers score every eval_every
 steps. `navit eval ... --val-fraction F --val-seed S` scores the same images later.
 """
 

@@ -22,9 +22,8 @@ def write_atomically(
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
-    )
+    prefix, suffix = _temporary_affixes(target)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=suffix)
     try:
         with os.fdopen(handle, "wb") as out:
             write(out)
@@ -35,6 +34,19 @@ def write_atomically(
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def leftover_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files that writes of `path` left when their process was killed
+    (kill -9 skips the cleanup): .checkpoint.pt.k3j9x2.tmp beside checkpoint.pt."""
+    target = Path(path)
+    prefix, suffix = _temporary_affixes(target)
+    return sorted(target.parent.glob(f"{prefix}*{suffix}"))
+
+
+def _temporary_affixes(target: Path) -> tuple[str, str]:
+    # Hidden, and named after the target, so a leftover is found and never read as data.
+    return f".{target.name}.", ".tmp"
 
 
 def write_bytes_atomically(path: str | os.PathLike[str], data: bytes) -> None:

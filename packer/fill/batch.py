@@ -10,7 +10,7 @@ it in its sequence move up: for a planned sequence [a(3 tokens), b(2), c(4)] at 
 2. The result is still a pure function of the plan and the bytes.
 
 Pillow's warnings while an image decodes become its notes (`FillResult.notes`, see
-packer.notes), never lines on stderr, in whatever process runs the fill.
+packer.image.notes), never lines on stderr, in whatever process runs the fill.
 """
 
 from __future__ import annotations

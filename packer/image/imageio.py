@@ -11,7 +11,7 @@ Every failure is a `RejectedImage` with a short reason code, so the fill step ca
 rejected images by reason instead of crashing a job on one bad file.
 
 JPEGs in RGB or L go from libjpeg-turbo (simplejpeg) straight into an array; every other
-image is decoded by Pillow. Either way the array is resized by `packer.resize` (OpenCV),
+image is decoded by Pillow. Either way the array is resized by `packer.image.resize` (OpenCV),
 except images with alpha, which Pillow resizes premultiplied.
 
 Transparent pixels are composited on WHITE (the background most logos, icons and
@@ -76,7 +76,7 @@ _SOF_MARKERS = frozenset(
     (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
 )
 
-# Images with alpha only (the rest go through packer.resize): bilinear with Pillow's
+# Images with alpha only (the rest go through packer.image.resize): bilinear with Pillow's
 # antialiasing (its support widens with the downscale factor), premultiplied by alpha.
 _RESAMPLE = Image.Resampling.BILINEAR
 # Downscale by an integer factor with a box filter first while the image is at least this

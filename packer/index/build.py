@@ -28,7 +28,7 @@ def build_index(source: Source, num_threads: int = 8) -> pa.Table:
     """Scan every image header of `source` (threads overlap the I/O); sorted by image_id.
 
     Schema metadata carries the source URI, kind, class names and the files skipped
-    by extension (JSON). Pillow's warnings become notes, on every thread (packer.notes).
+    by extension (JSON). Pillow's warnings become notes, on every thread (packer.image.notes).
     """
     if num_threads < 1:
         raise ValueError(f"num_threads must be at least 1, got {num_threads}")

@@ -62,7 +62,7 @@ def load_index(uri: str, cache_dir: str | Path | None = None, num_threads: int =
 
 def _with_cache_path(table: pa.Table, path: Path) -> pa.Table:
     """Say where the index is cached (`navit.cache`, never stored in the file itself), so
-    what lives beside it (packer.reject_ledger) is found from the table alone."""
+    what lives beside it (packer.index.reject_ledger) is found from the table alone."""
     metadata = dict(table.schema.metadata or {})
     metadata[CACHE_PATH_KEY] = str(path).encode()
     return table.replace_schema_metadata(metadata)

@@ -1,7 +1,7 @@
 """The validation split: which images a run holds out of training. Pure.
 
 An image is held out when its uniform draw for the holdout stream, a function of
-(seed, image key) alone (packer.sampling's counter-based hash of the image id), falls
+(seed, image key) alone (packer.index.table.image_key, a hash of the image id), falls
 below `val_fraction`. So the split never depends on the other images, their order or
 the machine: adding images to a data set moves none of the old ones across, and the
 service (which streams only the training part) and `navit eval` (which evaluates only
@@ -19,7 +19,7 @@ import pyarrow as pa
 from packer.index.table import image_keys
 from packer.plan.sampling import uniform_draws
 
-# The holdout's own stream of draws (packer.sampling uses 1-3 for resolution, drop
+# The holdout's own stream of draws (packer.plan.sampling uses 1-3 for resolution, drop
 # rate and kept tokens), at a fixed epoch: the split is the same in every epoch.
 _STREAM_HOLDOUT = 0x5A11
 _SPLIT_EPOCH = 0
@@ -32,7 +32,7 @@ def check_fraction(val_fraction: float) -> None:
 
 
 def held_out(keys: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask over `keys` (packer.sampling.image_key of each id): True = validation."""
+    """Boolean mask over `keys` (packer.index.table.image_key of each id): True = validation."""
     check_fraction(val_fraction)
     if seed < 0:
         raise ValueError(f"seed: must be non-negative, got {seed}")

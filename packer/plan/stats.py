@@ -6,7 +6,7 @@ its tokens are real (image patches) or padding, and efficiency = real / (real + 
 All-padding filler rows (the short last batch, rank equalisation) are counted apart as
 `filler_sequences` and never enter the efficiency.
 
-Beside the packing: `notes` counts Pillow's warnings by kind (packer.notes) for the
+Beside the packing: `notes` counts Pillow's warnings by kind (packer.image.notes) for the
 images the fill decoded (a simulation decodes nothing, so it has none), and
 `skipped_by_extension` the dataset's files that are not dataset files, once per run
 (not per epoch), e.g. {".txt": 3, ".tar": 1}.
@@ -76,7 +76,7 @@ class PackingStats:
         self.tokens_per_image.update(_token_bucket(t) for t in plan.num_kept.tolist())
 
     def add_skipped(self, skipped_by_extension: dict[str, int]) -> None:
-        """Files of the dataset that are not dataset files (packer.index.index_skipped)."""
+        """Files of the dataset that are not dataset files (packer.index.table.index_skipped)."""
         self.skipped_by_extension.update(skipped_by_extension)
 
     def add_filled(

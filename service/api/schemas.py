@@ -208,7 +208,7 @@ class TrainersResponse(BaseModel):
 
 class HoldoutOut(BaseModel):
     fraction: float = Field(description="share of images held out of every stream")
-    seed: int = Field(description="seed of the held-out split (packer.split)")
+    seed: int = Field(description="seed of the held-out split (packer.plan.split)")
     held_out_images: int = Field(description="images held out: in no stream, no count above")
 
 

@@ -200,7 +200,7 @@ class RankStreams:
                     config_version=filled.config_version,
                 )
                 record_batch = filled.record_batch()
-                # Left out of every epoch not planned yet (packer.reject_ledger).
+                # Left out of every epoch not planned yet (packer.index.reject_ledger).
                 self._planners.record_rejects(filled.rejected)
                 self._account(metadata, plan, filled, record_batch)
                 yield OutgoingBatch(record_batch, metadata)

@@ -1,6 +1,6 @@
 """A tiny NaViT trained on `navit sample-data` images, for the tests of `navit eval`.
 
-320 sample images; a quarter held out (packer.split, seed 0); the rest packed once at
+320 sample images; a quarter held out (packer.plan.split, seed 0); the rest packed once at
 resolutions 32-64 px (patch 16) and trained for 120 steps on the CPU: a few seconds,
 and enough that the held-out images score well above chance (4 classes) at 48-64 px.
 """

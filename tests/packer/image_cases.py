@@ -2,7 +2,7 @@
 
 Each builder returns the encoded bytes of one case; `write_odd_images` writes them all
 as an ImageFolder (`good/` and `bad/` classes) and says which reason each must be
-rejected with. Reasons are those of `packer.imageio.decode_resized`; a header scan
+rejected with. Reasons are those of `packer.image.imageio.decode_resized`; a header scan
 already rejects every bad case except `truncated`, whose header is intact.
 """
 

@@ -280,7 +280,7 @@ def _plain_pillow(data: bytes, width: int, height: int) -> np.ndarray:
 
 
 # Targets a 500x375 photo gets from the default config (16-pixel grids), covering every
-# filter range of packer.resize and the DCT scales 1, 1/2 and 1/4.
+# filter range of packer.image.resize and the DCT scales 1, 1/2 and 1/4.
 PHOTO_TARGETS = [(448, 336), (384, 288), (320, 240), (240, 176), (160, 128), (112, 80), (80, 64)]
 
 

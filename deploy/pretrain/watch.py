@@ -1,0 +1,65 @@
+"""What the supervisor follows while the job runs: rank 0's metrics, the service's /stats
+once a second, rank 0's step reports to the control plane, and the progress line.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from deploy.pretrain.control_plane import ControlPlane
+from deploy.pretrain.progress import MetricsTail, ProgressLine, run_status, stats_sample
+from deploy.pretrain.run_dir import RunDir
+
+STATS_INTERVAL_S = 1.0
+
+
+class RunWatch:
+    """The job's metrics and /stats samples as they come, and the line that shows them."""
+
+    def __init__(self, run_dir: RunDir, output: ProgressLine, world_size: int) -> None:
+        self.run_dir = run_dir
+        self.output = output
+        self.world_size = world_size
+        self.control: ControlPlane | None = None  # set once the service is up
+        self.metrics = MetricsTail(run_dir.metrics)
+        self.samples: list[dict[str, Any]] = []  # /stats over the run
+        self.last_stats: dict[str, Any] | None = None
+        self._started = time.monotonic()
+        self._last_sample = 0.0
+
+    def update(self) -> None:
+        """Read new metrics; sample /stats and report rank 0's step once a second; show."""
+        self.metrics.read()
+        now = time.monotonic()
+        if now - self._last_sample >= STATS_INTERVAL_S:
+            self._last_sample = now
+            self.sample_stats()
+            latest = self.metrics.latest
+            if self.control is not None and latest is not None:
+                self.control.report_trainer(latest, self.world_size)
+        self.output.show(self.status())
+
+    def status(self) -> str:
+        return run_status(self.metrics.in_order(), self.last_stats, self.metrics.evals_in_order())
+
+    def sample_stats(self) -> None:
+        """One /stats sample (kept, and a line of stats.jsonl); none while it fails."""
+        stats = self.control.stats() if self.control is not None else None
+        if stats is None:
+            return
+        self.last_stats = stats
+        latest = self.metrics.latest
+        elapsed = time.monotonic() - self._started
+        sample = stats_sample(stats, latest["step"] if latest else 0, elapsed)
+        self.samples.append(sample)
+        self.run_dir.stats_sample(sample)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self._started
+
+    def close(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
