@@ -36,7 +36,7 @@ def compare(index, config: PackingConfig) -> dict:
         started = time.perf_counter()
         stats = simulate(index, ConfigHistory.start(cfg))
         out[name] = {
-            "efficiency": round(stats.efficiency, 5),
+            "efficiency": round(stats.packing_efficiency, 5),
             "sequences": stats.sequences,
             "plan_s": round(time.perf_counter() - started, 2),
         }
@@ -102,7 +102,7 @@ def other_configs(config: PackingConfig) -> list[dict]:
         row: dict = {"changes": changes}
         for packing in ("exact_fit", "best_fit", "next_fit"):
             stats = simulate(index, ConfigHistory.start(cfg.replace(packing=packing)))
-            row[packing] = round(stats.efficiency, 5)
+            row[packing] = round(stats.packing_efficiency, 5)
         bound = lower_bound_sequences(stats.real_tokens, cfg.seq_len)
         row["lower_bound"] = round(stats.real_tokens / (bound * cfg.seq_len), 5)
         rows.append(row)
@@ -129,7 +129,7 @@ def main() -> None:
             f"{packing}_{'carry' if carry else 'no_carry'}": round(
                 simulate(
                     index, ConfigHistory.start(cfg.replace(packing=packing, carry_over=carry))
-                ).efficiency,
+                ).packing_efficiency,
                 5,
             )
             for packing in ("exact_fit", "best_fit")

@@ -39,9 +39,9 @@ from packer.image.notes import ImageNote
 from packer.image.reject import Reject
 from packer.index.reject_ledger import RejectLedger
 from packer.index.table import header_notes, index_skipped
+from packer.plan.batch_plan import BatchPlan
 from packer.plan.epoch import EpochPlan, plan_epoch
 from packer.plan.history import ConfigHistory
-from packer.plan.planner import BatchPlan
 from packer.plan.stats import PackingStats
 
 

@@ -15,13 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from packer.contract.cursor import (
-    BatchMetadata,
-    Cursor,
-    TicketError,
-    batches_per_rank,
-    global_batch_index,
-)
+from packer.contract.cursor import BatchMetadata, Cursor, TicketError
+from packer.contract.rank_layout import batches_per_rank, global_batch_index
 from service.batch_source import OutgoingBatch
 
 

@@ -1,7 +1,8 @@
 """Live statistics of a running service: what was packed, what was delivered, and when.
 
 Two kinds of numbers, kept apart on purpose:
-- Packing stats (efficiency, histograms, rejected images) count each global batch of an
+- Packing stats (the two efficiencies of packer.plan.stats, histograms, rejected
+  images) count each global batch of an
   epoch once, overall and per config version, however many times it was sent (a trainer
   that reconnects with an older cursor is sent some batches again).
 - Delivery throughput (images/s, tokens/s, sequences/s, bytes/s) counts what left the
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from packer.contract.schema import PackedBatch
-from packer.plan.planner import BatchPlan
+from packer.plan.batch_plan import BatchPlan
 from packer.plan.stats import PackingStats
 
 
@@ -31,7 +32,8 @@ class _Bucket:
     sequences: int = 0
     images: int = 0
     real_tokens: int = 0
-    pad_tokens: int = 0
+    pad_tokens: int = 0  # in sequences that hold images
+    filler_tokens: int = 0  # of sequences that hold none
     bytes: int = 0
 
 
@@ -81,6 +83,7 @@ class LiveStats:
         sequences = int(np.count_nonzero(k))
         real = packed.real_tokens
         pad = sequences * packed.seq_len - real
+        filler = (packed.num_sequences - sequences) * packed.seq_len
         with self._lock:
             counted = self._counted.setdefault(plan.epoch, set())
             if plan.global_batch not in counted:
@@ -102,6 +105,7 @@ class LiveStats:
                 bucket.images += packed.num_images
                 bucket.real_tokens += real
                 bucket.pad_tokens += pad
+                bucket.filler_tokens += filler
                 bucket.bytes += nbytes
 
     def packing(self) -> dict:
@@ -129,6 +133,7 @@ class LiveStats:
             last.images += b.images
             last.real_tokens += b.real_tokens
             last.pad_tokens += b.pad_tokens
+            last.filler_tokens += b.filler_tokens
             last.bytes += b.bytes
         return {
             "run": _rates(total, run_s),
@@ -143,7 +148,8 @@ class LiveStats:
 
 
 def _rates(bucket: _Bucket, seconds: float) -> dict:
-    tokens = bucket.real_tokens + bucket.pad_tokens
+    tokens = bucket.real_tokens + bucket.pad_tokens  # of sequences with images
+    sent = tokens + bucket.filler_tokens
     return {
         "seconds": round(seconds, 3),
         "batches": bucket.batches,
@@ -151,8 +157,10 @@ def _rates(bucket: _Bucket, seconds: float) -> dict:
         "images": bucket.images,
         "real_tokens": bucket.real_tokens,
         "pad_tokens": bucket.pad_tokens,
+        "filler_tokens": bucket.filler_tokens,
         "bytes": bucket.bytes,
-        "efficiency": round(bucket.real_tokens / tokens, 6) if tokens else 0.0,
+        "packing_efficiency": round(bucket.real_tokens / tokens, 6) if tokens else 0.0,
+        "delivered_efficiency": round(bucket.real_tokens / sent, 6) if sent else 0.0,
         "batches_per_s": _rate(bucket.batches, seconds),
         "sequences_per_s": _rate(bucket.sequences, seconds),
         "images_per_s": _rate(bucket.images, seconds),

@@ -3,11 +3,11 @@
 `iter_batches(source, cursor)` yields `(cursor_after, batch)` pairs: each batch with the
 `Cursor` (packer/contract/cursor.py) that stands just AFTER it, which is what a
 checkpoint stores and what `iter_batches` continues from, with no batch lost or repeated.
-Rank 1 of 2 over an epoch of 5 global batches, starting at Cursor(1, 2, epoch=0,
-next_batch=1):
+Rank 1 of 2 over an epoch of 5 global batches of 8 sequences, starting at Cursor(1, 2,
+epoch=0, next_batch=1):
 
     yields (Cursor(1, 2, 0, 2), global batch 3)        # this rank's k = 1
-           (Cursor(1, 2, 0, 3), all-padding batch)     # k = 2: global 5 is past the end
+           (Cursor(1, 2, 0, 3), sequences 4-7 of 4)    # k = 2: its half of the tail
            (Cursor(1, 2, 1, 1), epoch 1's global 1)    # k = 0 of the next epoch
            ...
 
@@ -17,10 +17,11 @@ goes straight to epoch 1. Epochs follow each other until `end_epoch` (None = for
 Sources:
 
 * a folder written by `navit pack` (its layout: packer/contract/packed_folder.py):
-  DIR/epoch-{e:03d}/batch-{j:06d}.arrow, one record batch per file, j the global batch. Rank r of W reads its k-th batch from
-  j = global_batch_index(r, W, k) for k < batches_per_rank(B, W), B the epoch's batch
-  count; when j >= B it gets an all-padding batch, so every rank sees the same number of
-  batches and DDP never waits on a rank that ran out. Epoch e reads epoch-{e mod E}
+  DIR/epoch-{e:03d}/batch-{j:06d}.arrow, one record batch per file, j the global batch.
+  Rank r of W reads its batches as the service deals them (packer.contract.rank_layout):
+  its k-th batch is file k * W + r, except in the epoch's tail, whose sequences are
+  shared out among the ranks, so every rank sees the same number of batches, DDP never
+  waits on a rank that ran out, and no rank trains on a batch of padding. Epoch e reads epoch-{e mod E}
   where E is the number of epoch folders, so a folder packed with only epoch-000 is
   repeated every epoch (same images, same order). A folder of batch-*.arrow files without
   epoch folders is one epoch.
@@ -50,9 +51,10 @@ import pyarrow as pa
 import torch
 
 from packer.contract.auth import bearer_headers
-from packer.contract.cursor import BatchMetadata, Cursor, batches_per_rank, global_batch_index
+from packer.contract.cursor import BatchMetadata, Cursor
 from packer.contract.packed_folder import batch_files, epoch_folders, read_batch_file
-from packer.contract.schema import PackedBatch, from_record_batch
+from packer.contract.rank_layout import epoch_layout
+from packer.contract.schema import PackedBatch, from_record_batch, sequences_of
 from trainer.model import MODEL_INPUTS
 
 FLIGHT_SCHEMES = ("grpc://", "grpc+tls://", "grpc+tcp://", "grpc+unix://")
@@ -106,11 +108,11 @@ class PackedFolder:
         return batch_files(self.epoch_dirs[epoch % len(self.epoch_dirs)])
 
     def empty_batch(self, files: list[Path]) -> PackedBatch:
-        """An all-padding batch shaped like the epoch's batches (rows, seq_len, patch)."""
+        """A filler batch: one all-padding sequence shaped like the epoch's (seq_len, patch)."""
         key = files[0]
         if key not in self._empty_shape:
             first = read_arrow_file(key)
-            self._empty_shape[key] = (first.num_sequences, first.seq_len, first.patch_size)
+            self._empty_shape[key] = (1, first.seq_len, first.patch_size)
         return PackedBatch.empty(*self._empty_shape[key])
 
     def iter_rank(
@@ -121,12 +123,27 @@ class PackedFolder:
             files = self.batch_files(cursor.epoch)
             if not files:
                 raise ValueError(f"{self.root}: epoch {cursor.epoch} has no batch files")
-            for k in range(cursor.next_batch, batches_per_rank(len(files), cursor.world_size)):
-                j = global_batch_index(cursor.rank, cursor.world_size, k)
-                batch = read_arrow_file(files[j]) if j < len(files) else self.empty_batch(files)
+            layout = epoch_layout(
+                len(files), cursor.world_size, lambda j, files=files: _num_rows(files[j])
+            )
+            for k in range(cursor.next_batch, layout.batches_per_rank):
+                where = layout.batch_of(cursor.rank, k)
+                if isinstance(where, int):
+                    batch = read_arrow_file(files[where])
+                elif where.start == where.stop:
+                    batch = self.empty_batch(files)
+                else:  # a share of the epoch's tail (packer.contract.rank_layout)
+                    zone = [read_arrow_file(f) for f in files[where.zone_start :]]
+                    batch = sequences_of(zone, where.start, where.stop)
                 cursor = cursor.advanced()
                 yield cursor, batch
             cursor = cursor.next_epoch()
+
+
+def _num_rows(path: Path) -> int:
+    """Sequences in a batch file, from its footer (memory-mapped: no batch is read)."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).get_batch(0).num_rows
 
 
 # ---------------------------------------------------------------------------------------

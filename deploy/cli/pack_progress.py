@@ -3,7 +3,7 @@
 The live line (tqdm, on stderr) counts images against what `navit simulate` predicted,
 with images/s, the efficiency so far and the ETA:
 
-    pack: 412/713 images  58%|█████▊    | 95.1 images/s, efficiency 99.21%, ETA 00:03
+    pack: 412/713 images  58%|█████▊    | 95.1 images/s, packing 99.21%, ETA 00:03
 
 Off a terminal (a log file, a pipe, CI) there is no live line: only the summary, which
 sets the prediction beside what was delivered and says what was rejected, skipped and
@@ -11,7 +11,7 @@ noted, e.g.
 
     packed into runs/packed (1 epoch):
       images: 713 in, 693 packed, 20 rejected (truncated 20; see rejected.jsonl)
-      predicted: 713 packed at 99.68% efficiency; delivered: 693 packed at 97.48%
+      predicted: 713 packed at 99.68% packing efficiency; delivered: 693 packed at 97.48%
       ...
       skipped (not images): .txt 3, .tar 1
       notes (Pillow warnings, see notes.jsonl): corrupt_metadata 1
@@ -37,7 +37,7 @@ class StatsSoFar(Protocol):
     images_in: int
 
     @property
-    def efficiency(self) -> float: ...
+    def packing_efficiency(self) -> float: ...
 
 
 class PackProgress:
@@ -61,13 +61,13 @@ class PackProgress:
             ncols=columns,
             nrows=lines,
             mininterval=0.2,
-            postfix="efficiency -",
+            postfix="packing -",
         )
 
     def update(self, stats: StatsSoFar) -> None:
         if not self.live:
             return
-        self._bar.set_postfix_str(f"efficiency {100 * stats.efficiency:.2f}%", refresh=False)
+        self._bar.set_postfix_str(f"packing {100 * stats.packing_efficiency:.2f}%", refresh=False)
         self._bar.update(stats.images_in - self._bar.n)
 
     def close(self) -> None:
@@ -112,8 +112,8 @@ def summary_lines(
     if predicted is not None:
         lines.append(
             f"  predicted: {predicted['images_packed']} packed at "
-            f"{100 * predicted['efficiency']:.2f}% efficiency; delivered: "
-            f"{stats['images_packed']} packed at {100 * stats['efficiency']:.2f}%"
+            f"{100 * predicted['packing_efficiency']:.2f}% packing efficiency; delivered: "
+            f"{stats['images_packed']} packed at {100 * stats['packing_efficiency']:.2f}%"
         )
         if predicted["images_packed"] != stats["images_packed"]:
             lines.append(
@@ -128,8 +128,11 @@ def summary_lines(
         f"  sequences: {stats['sequences']} in {stats['batches']} batches, "
         f"{stats['images_per_sequence_mean']} images and "
         f"{stats['tokens_per_image_mean']} tokens per image on average",
-        f"  efficiency: {100 * stats['efficiency']:.2f}% "
-        f"({stats['real_tokens']} real / {stats['pad_tokens']} pad tokens)",
+        f"  packing efficiency: {100 * stats['packing_efficiency']:.2f}% "
+        f"({stats['real_tokens']} real / {stats['pad_tokens']} pad tokens in the sequences "
+        "that hold images)",
+        f"  delivered efficiency: {100 * stats['delivered_efficiency']:.2f}% "
+        f"(real / every token, {stats['filler_sequences']} filler sequences included)",
     ]
     if predicted is not None and stats.get("images_per_s"):
         lines.append(

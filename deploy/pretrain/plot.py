@@ -16,13 +16,14 @@ def write_plot(
     restart_steps: Sequence[int] = (),
     evals: Mapping[int, dict[str, Any]] | None = None,
 ) -> Path | None:
-    """run_dir/pretrain.png: loss (top), accuracy (middle) and packing efficiency (bottom)
-    against the step.
+    """run_dir/pretrain.png: loss (top), accuracy (middle) and efficiency (bottom) against
+    the step.
 
     Training loss and accuracy are rank 0's per step with their EMA; validation ones
     (`evals`, the "eval": true records of the held-out images) are drawn as points.
-    Efficiency per step is 1 - pad_fraction of rank 0's batch; the service's cumulative
-    efficiency from the /stats samples is drawn over it. A dashed line marks a packing
+    Efficiency per step is 1 - pad_fraction of rank 0's batch (every token it trained on:
+    delivered); the service's cumulative packing and delivered efficiencies from the
+    /stats samples are drawn over it. A dashed line marks a packing
     config change (PATCH), a dotted one a trainer restart.
     """
     steps = sorted(records)
@@ -58,13 +59,19 @@ def write_plot(
     middle.grid(alpha=0.3)
     bottom.plot(steps, efficiency, color="tab:green", alpha=0.3, linewidth=1, label="batch")
     bottom.plot(steps, smoothed(efficiency), color="tab:green", linewidth=2, label="batch (EMA)")
-    cumulative = [(s["step"], s["efficiency"]) for s in samples if s["step"] and s["efficiency"]]
-    if cumulative:
-        xs, ys = zip(*cumulative, strict=True)
-        bottom.plot(xs, ys, color="black", linewidth=1.5, label="service, cumulative")
-    bottom.set_ylabel("packing efficiency\n(real tokens / all)")
+    lows = [min(efficiency)]
+    for key, style, label in (
+        ("packing_efficiency", "--", "service: packing (sequences with images)"),
+        ("delivered_efficiency", "-", "service: delivered (every token sent)"),
+    ):
+        cumulative = [(s["step"], s[key]) for s in samples if s["step"] and s.get(key)]
+        if cumulative:
+            xs, ys = zip(*cumulative, strict=True)
+            bottom.plot(xs, ys, color="black", linestyle=style, linewidth=1.5, label=label)
+            lows.append(min(ys))
+    bottom.set_ylabel("efficiency\n(real tokens / all)")
     bottom.set_xlabel("step")
-    low = min(min(efficiency), *(y for _, y in cumulative)) if cumulative else min(efficiency)
+    low = min(lows)
     bottom.set_ylim(max(0.0, low - 0.05), 1.005)
     bottom.legend(loc="lower right")
     bottom.grid(alpha=0.3)

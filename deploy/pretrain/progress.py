@@ -1,7 +1,7 @@
 """What the supervisor reads and shows while the job runs: rank 0's metrics.jsonl, the
 service's /stats samples, and one progress line (a tqdm bar, or a plain line every 10 s).
 
-    pretrain:  40%|████      | 120/300 [00:31<00:47, loss 1.214 | acc 0.52 | val acc 0.48 | 310 img/s | packing 96.4%]
+    pretrain:  40%|████      | 120/300 [00:31<00:47, loss 1.214 | acc 0.52 | val acc 0.48 | 310 img/s | packing 96.4% | delivered 96.1%]
 
 ("val acc": the latest validation pass over the held-out images, trainer/evaluate.py.)
 """
@@ -99,8 +99,9 @@ def stats_sample(stats: dict[str, Any], step: int, t: float) -> dict[str, Any]:
     return {
         "t": round(t, 3),
         "step": step,
-        "efficiency": stats.get("efficiency", 0.0),
-        "efficiency_last_minute": minute["efficiency"],
+        "packing_efficiency": stats.get("packing_efficiency", 0.0),
+        "delivered_efficiency": stats.get("delivered_efficiency", 0.0),
+        "delivered_efficiency_last_minute": minute["delivered_efficiency"],
         "images_per_s": minute["images_per_s"],
         "images": stats["throughput"]["run"]["images"],
         "config_version": stats.get("config_version"),
@@ -125,7 +126,8 @@ def run_status(
     if stats is not None:
         status["images_per_s"] = stats["throughput"]["last_minute"]["images_per_s"]
         status["images_delivered"] = stats["throughput"]["run"]["images"]
-        status["efficiency"] = stats["efficiency"]
+        status["packing_efficiency"] = stats["packing_efficiency"]
+        status["delivered_efficiency"] = stats["delivered_efficiency"]
         status["config_version"] = stats["config_version"]
     return status
 
@@ -142,7 +144,8 @@ def status_fields(status: dict[str, Any]) -> list[str]:
         fields.append("waiting for the first batches")
     elif "images_per_s" in status:
         fields.append(f"{status['images_per_s']:.0f} img/s")
-        fields.append(f"packing {100 * status['efficiency']:.1f}%")
+        fields.append(f"packing {100 * status['packing_efficiency']:.1f}%")
+        fields.append(f"delivered {100 * status['delivered_efficiency']:.1f}%")
         if status["config_version"] > 1:
             fields.append(f"config v{status['config_version']}")
     return fields
@@ -225,7 +228,9 @@ def run_summary(
         run = stats["throughput"]["run"]
         rejected = sum(stats.get("rejected_by_reason", {}).values())
         lines.append(
-            f"packing efficiency {100 * stats['efficiency']:.1f}% (real tokens / all), "
+            f"packing efficiency {100 * stats['packing_efficiency']:.1f}% (real tokens / "
+            "tokens of the sequences that hold images), delivered efficiency "
+            f"{100 * stats['delivered_efficiency']:.1f}% (real / every token sent), "
             f"{run['images']} images delivered at {run['images_per_s']:.0f} img/s, "
             f"{rejected} rejected, config version {stats['config_version']}"
         )

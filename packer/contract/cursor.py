@@ -1,15 +1,10 @@
 """Where a trainer rank's stream stands, and how it is asked for on the wire.
 
 A job of `world_size` ranks splits each epoch's global batches round-robin: rank r's
-k-th batch is global batch `k * world_size + r`. For 7 global batches and 3 ranks:
-
-    rank 0: k = 0, 1, 2  ->  global 0, 3, 6
-    rank 1: k = 0, 1, 2  ->  global 1, 4, (7: past the end, an all-padding batch)
-    rank 2: k = 0, 1, 2  ->  global 2, 5, (8: past the end, an all-padding batch)
-
-so every rank gets `ceil(7 / 3) = 3` batches and DDP never waits on a rank that ran
-out. A `Cursor` (rank, world_size, epoch, next_batch) is therefore everything needed to
-resume: the trainer stores it in its checkpoint, sends it as the Flight `do_get` ticket
+k-th batch is global batch `k * world_size + r`, and the epoch's short last round is
+shared out among all ranks (packer.contract.rank_layout), so every rank gets the same
+number of batches. A `Cursor` (rank, world_size, epoch, next_batch) is therefore
+everything needed to resume: the trainer stores it in its checkpoint, sends it as the Flight `do_get` ticket
 `{"rank": 0, "world_size": 2, "epoch": 0, "start_batch": 0}`, and the service records it
 as the rank's position. Every batch sent carries `BatchMetadata` as Flight app_metadata;
 after training batch k the cursor is `cursor.after(metadata)` = (epoch, k + 1).
@@ -22,6 +17,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from packer.contract.rank_layout import global_batch_index
 
 # Far beyond any real run, and small enough for SQLite integers and numpy seeds.
 MAX_WORLD_SIZE = 65536
@@ -42,16 +39,6 @@ class TicketError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
-
-
-def global_batch_index(rank: int, world_size: int, k: int) -> int:
-    """The global batch that is rank `rank`'s k-th: `k * world_size + rank`."""
-    return k * world_size + rank
-
-
-def batches_per_rank(num_batches: int, world_size: int) -> int:
-    """How many batches each rank gets from `num_batches` global ones: ceil(B / W)."""
-    return -(-num_batches // world_size)
 
 
 @dataclass(frozen=True)

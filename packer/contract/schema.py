@@ -120,6 +120,54 @@ class PackedBatch:
         )
 
 
+def sequences_of(batches: list[PackedBatch], start: int, stop: int) -> PackedBatch:
+    """Sequences [start, stop) of `batches` concatenated in order, as one batch (a rank's
+    share of an epoch's tail, packer.contract.rank_layout). For batches of 3 and 2
+    sequences, [2, 4) is the first batch's last sequence and the second's first.
+    """
+    rows: list[PackedBatch] = []
+    first = 0
+    for batch in batches:
+        lo, hi = max(start - first, 0), min(stop - first, batch.num_sequences)
+        if lo < hi:
+            rows.append(_rows(batch, lo, hi))
+        first += batch.num_sequences
+    if not rows:
+        raise ValueError(f"no sequences in [{start}, {stop}) of {first}")
+    return PackedBatch(
+        patches=np.concatenate([b.patches for b in rows]),
+        segment_ids=np.concatenate([b.segment_ids for b in rows]),
+        patch_rows=np.concatenate([b.patch_rows for b in rows]),
+        patch_cols=np.concatenate([b.patch_cols for b in rows]),
+        images_per_seq=np.concatenate([b.images_per_seq for b in rows]),
+        image_grid_h=np.concatenate([b.image_grid_h for b in rows]),
+        image_grid_w=np.concatenate([b.image_grid_w for b in rows]),
+        labels=np.concatenate([b.labels for b in rows]),
+        image_ids=[i for b in rows for i in b.image_ids],
+        patch_size=rows[0].patch_size,
+        config_version=rows[0].config_version,
+    )
+
+
+def _rows(batch: PackedBatch, lo: int, hi: int) -> PackedBatch:
+    """Sequences lo..hi-1 of one batch, their images with them."""
+    first_image = np.concatenate([[0], np.cumsum(batch.images_per_seq)])
+    a, b = int(first_image[lo]), int(first_image[hi])
+    return PackedBatch(
+        patches=batch.patches[lo:hi],
+        segment_ids=batch.segment_ids[lo:hi],
+        patch_rows=batch.patch_rows[lo:hi],
+        patch_cols=batch.patch_cols[lo:hi],
+        images_per_seq=batch.images_per_seq[lo:hi],
+        image_grid_h=batch.image_grid_h[a:b],
+        image_grid_w=batch.image_grid_w[a:b],
+        labels=batch.labels[a:b],
+        image_ids=batch.image_ids[a:b],
+        patch_size=batch.patch_size,
+        config_version=batch.config_version,
+    )
+
+
 def _list_array(values: np.ndarray, counts: np.ndarray, value_type: pa.DataType) -> pa.Array:
     offsets = np.zeros(len(counts) + 1, np.int32)
     np.cumsum(counts, out=offsets[1:])

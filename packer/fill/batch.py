@@ -26,7 +26,7 @@ from packer.image.imageio import decode_resized
 from packer.image.notes import ImageNote, capture_notes, notes_of
 from packer.image.patchify import patchify
 from packer.image.reject import Reject, RejectedImage
-from packer.plan.planner import BatchPlan
+from packer.plan.batch_plan import BatchPlan
 from packer.plan.sampling import kept_token_indices
 from packer.plan.stats import PackingStats
 from packer.sources import ByteReader

@@ -24,70 +24,20 @@ import numpy as np
 import pyarrow as pa
 
 from packer.config import PackingConfig
-from packer.contract.cursor import batches_per_rank, global_batch_index
+from packer.contract.rank_layout import (
+    EpochLayout,
+    epoch_layout,
+    global_batch_index,
+    round_is_plain,
+)
+from packer.plan.batch_plan import BatchPlan
 from packer.plan.history import ConfigHistory, ConfigVersion
 from packer.plan.packing import Bin, BinLimits, Carry, pack_window
 from packer.plan.sampling import plan_images
+from packer.plan.tail import tail_plan
 
 _STREAM_EPOCH_ORDER = 0x5EED
 _STREAM_WINDOW_ORDER = 0x0DE5
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """Everything the fill step needs to build one packed batch, without the index.
-
-    Per-image arrays are flat over the batch in row order: `sequence[i]` is the row
-    (0..num_sequences-1) image i lands in, and images of one sequence are in slot order.
-    """
-
-    epoch: int
-    global_batch: int  # the batch's index in the epoch (rank striding: contract.cursor)
-    config_version: int
-    config: PackingConfig
-    num_sequences: int  # rows in the Arrow batch; rows past the planned ones are padding
-    sequence: np.ndarray  # [N] int32
-    image_ids: list[str]
-    uri: list[str]
-    offset: np.ndarray  # [N] int64
-    length: np.ndarray  # [N] int64
-    source_row: np.ndarray  # [N] int64, the Parquet row (-1: not Parquet)
-    label: np.ndarray  # [N] int64
-    key: np.ndarray  # [N] uint64
-    grid_h: np.ndarray  # [N] int64
-    grid_w: np.ndarray  # [N] int64
-    num_kept: np.ndarray  # [N] int64
-
-    @property
-    def num_images(self) -> int:
-        return len(self.image_ids)
-
-    @property
-    def real_tokens(self) -> int:
-        return int(self.num_kept.sum())
-
-    @classmethod
-    def empty(cls, epoch: int, global_batch: int, version: ConfigVersion) -> BatchPlan:
-        """An all-padding batch: gives every rank the same batch count in an epoch."""
-        zeros = np.zeros(0, np.int64)
-        return cls(
-            epoch=epoch,
-            global_batch=global_batch,
-            config_version=version.version,
-            config=version.config,
-            num_sequences=version.config.batch_size,
-            sequence=np.zeros(0, np.int32),
-            image_ids=[],
-            uri=[],
-            offset=zeros,
-            length=zeros,
-            source_row=zeros,
-            label=zeros,
-            key=np.zeros(0, np.uint64),
-            grid_h=zeros,
-            grid_w=zeros,
-            num_kept=zeros,
-        )
 
 
 @dataclass(frozen=True)
@@ -177,27 +127,53 @@ class EpochPlanner:
         return self._num_batches
 
     def rank_plan(self, rank: int, world_size: int, k: int) -> BatchPlan | None:
-        """Batch k of `rank`'s stream: global batch `global_batch_index(rank, world_size, k)`.
-
-        When the epoch's batches run out part-way through a round, the ranks left
-        without one get an all-padding batch, so every rank sees the same count:
-        with 5 batches and 2 ranks, rank 0 gets [0, 2, 4] and rank 1 [1, 3, empty].
+        """Batch k of `rank`'s stream, dealt by packer.contract.rank_layout: global batch
+        `k * world_size + rank`, except in the epoch's tail, whose sequences are shared out
+        so that every rank gets the same count of batches without padding batches: with 5
+        batches of 8 sequences and 2 ranks, ranks 0 and 1 get [0, 2] and [1, 3], then
+        4 sequences each of batch 4. None past the rank's last batch.
         """
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+        if round_is_plain(self._planned_through((k + 2) * world_size - 1), world_size, k):
+            return self.plan(global_batch_index(rank, world_size, k))
+        layout = self._layout(world_size)
+        where = layout.batch_of(rank, k)
+        if where is None:
+            return None
+        # A filler is shaped and labelled by the config that planned the epoch's last
+        # window, never by a later one: a config change recorded after the epoch was
+        # planned (it starts past the last window) must not alter a batch already sent.
+        last = self._version or self.history.at(self.epoch, 0)
         j = global_batch_index(rank, world_size, k)
-        plan = self.plan(j)
-        if plan is not None:
-            return plan
-        # Past the end: the ranks still short of their share get padding, so every rank
-        # has batches_per_rank(num_batches, world_size) of them.
-        if k < batches_per_rank(self._num_batches, world_size):
-            # Shaped and labelled by the config that planned the epoch's last window, never
-            # by a later one: a config change recorded after the epoch was planned (it
-            # starts past the last window) must not alter a batch that may have been sent.
-            last = self._version or self.history.at(self.epoch, 0)
+        if isinstance(where, int):
+            plan = self.plan(where)
+            return plan if plan is not None else BatchPlan.empty(self.epoch, j, last)
+        if where.start == where.stop:
             return BatchPlan.empty(self.epoch, j, last)
-        return None
+        zone = [self.plan(i) for i in range(where.zone_start, layout.num_batches)]
+        return tail_plan([p for p in zone if p is not None], where, j)
+
+    def _planned_through(self, j: int) -> int:
+        """Plan until global batch j exists or the epoch ends; the batches planned."""
+        while self._num_batches <= j and not self._done:
+            self._plan_window()
+        return self._num_batches
+
+    def _layout(self, world_size: int) -> EpochLayout:
+        """The whole epoch's rank layout (plans every remaining window). A tail zone whose
+        batches come from two config versions is not shared: a batch holds one version's
+        sequences only, so those ranks get fillers as before."""
+        num_batches = self.num_batches()
+
+        def sequences_in(j: int) -> int:
+            return self.plan(j).num_sequences  # type: ignore[union-attr]
+
+        layout = epoch_layout(num_batches, world_size, sequences_in)
+        versions = {self.plan(j).config_version for j in range(layout.zone_start, num_batches)}  # type: ignore[union-attr]
+        if len(versions) > 1:
+            layout = epoch_layout(num_batches, world_size, sequences_in, share=False)
+        return layout
 
     def iter_rank_plans(self, rank: int, world_size: int, start: int = 0) -> Iterator[BatchPlan]:
         k = start
@@ -284,7 +260,7 @@ class EpochPlanner:
             global_batch=self._num_batches,
             config_version=version.version,
             config=version.config,
-            num_sequences=version.config.batch_size,
+            num_sequences=len(sequences),  # the last batch may be short: no padding rows
             sequence=np.repeat(
                 np.arange(len(sequences), dtype=np.int32), [len(s.rows) for s in sequences]
             ),

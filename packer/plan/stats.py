@@ -1,10 +1,17 @@
 """Packing statistics: what a plan predicts (`navit simulate`) and what a fill delivered.
 
 Both sides count the same way, so a simulation equals the delivered stats whenever no
-image is rejected at decode time: a sequence counts once it was planned with an image,
-its tokens are real (image patches) or padding, and efficiency = real / (real + pad).
-All-padding filler rows (the short last batch, rank equalisation) are counted apart as
-`filler_sequences` and never enter the efficiency.
+image is rejected at decode time. Two efficiencies, both exact token counts:
+
+- `packing_efficiency` = real / (real + pad) over the sequences that hold images: what
+  the packer controls (how full it fills a sequence);
+- `delivered_efficiency` = real / every token sent, all-padding filler sequences
+  included: what the GPU sees. A sequence with no image is a filler (`filler_sequences`,
+  `filler_tokens`); the planner sends one only in an epoch's tail when fewer sequences
+  are left than ranks (packer.contract.rank_layout), so the two figures differ by those.
+
+For 3 sequences of 10 tokens holding 9, 10 and 8 real tokens and one filler sequence:
+packing 27 / 30 = 90%, delivered 27 / 40 = 67.5%.
 
 Beside the packing: `notes` counts Pillow's warnings by kind (packer.image.notes) for the
 images the fill decoded (a simulation decodes nothing, so it has none), and
@@ -22,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from packer.contract.schema import PackedBatch
-from packer.plan.planner import BatchPlan
+from packer.plan.batch_plan import BatchPlan
 
 
 def _token_bucket(tokens: int) -> int:
@@ -38,6 +45,7 @@ class PackingStats:
     batches: int = 0
     sequences: int = 0
     filler_sequences: int = 0
+    filler_tokens: int = 0
     real_tokens: int = 0
     pad_tokens: int = 0
     images_per_sequence: Counter = field(default_factory=Counter)  # k -> sequences
@@ -47,8 +55,15 @@ class PackingStats:
     elapsed_s: float = 0.0
 
     @property
-    def efficiency(self) -> float:
+    def packing_efficiency(self) -> float:
+        """Real tokens / tokens of the sequences that hold images."""
         total = self.real_tokens + self.pad_tokens
+        return self.real_tokens / total if total else 0.0
+
+    @property
+    def delivered_efficiency(self) -> float:
+        """Real tokens / every token of every sequence, filler sequences included."""
+        total = self.real_tokens + self.pad_tokens + self.filler_tokens
         return self.real_tokens / total if total else 0.0
 
     @property
@@ -70,6 +85,7 @@ class PackingStats:
         self.images_packed += plan.num_images
         self.sequences += planned
         self.filler_sequences += plan.num_sequences - planned
+        self.filler_tokens += (plan.num_sequences - planned) * seq_len
         self.real_tokens += plan.real_tokens
         self.pad_tokens += planned * seq_len - plan.real_tokens
         self.images_per_sequence.update(per_seq[per_seq > 0].tolist())
@@ -96,7 +112,8 @@ class PackingStats:
         self.images_packed += packed.num_images
         self.rejected.update(rejected)
         self.sequences += planned
-        self.filler_sequences += plan.num_sequences - planned
+        self.filler_sequences += packed.num_sequences - planned
+        self.filler_tokens += (packed.num_sequences - planned) * packed.seq_len
         self.real_tokens += real
         self.pad_tokens += planned * packed.seq_len - real
         k = packed.images_per_seq
@@ -113,6 +130,7 @@ class PackingStats:
         self.batches += other.batches
         self.sequences += other.sequences
         self.filler_sequences += other.filler_sequences
+        self.filler_tokens += other.filler_tokens
         self.real_tokens += other.real_tokens
         self.pad_tokens += other.pad_tokens
         self.images_per_sequence.update(other.images_per_sequence)
@@ -133,9 +151,11 @@ class PackingStats:
             "batches": self.batches,
             "sequences": self.sequences,
             "filler_sequences": self.filler_sequences,
+            "filler_tokens": self.filler_tokens,
             "real_tokens": self.real_tokens,
             "pad_tokens": self.pad_tokens,
-            "efficiency": round(self.efficiency, 6),
+            "packing_efficiency": round(self.packing_efficiency, 6),
+            "delivered_efficiency": round(self.delivered_efficiency, 6),
             "images_per_sequence_mean": round(self.images_packed / n_seq, 4) if n_seq else 0.0,
             "tokens_per_image_mean": (
                 round(self.real_tokens / self.images_packed, 2) if self.images_packed else 0.0

@@ -103,10 +103,17 @@ class PackingStatsOut(BaseModel):
     rejected_by_reason: dict[str, int]
     batches: int
     sequences: int
-    filler_sequences: int
+    filler_sequences: int = Field(description="sequences that hold no image (an epoch's tail)")
+    filler_tokens: int
     real_tokens: int
-    pad_tokens: int
-    efficiency: float
+    pad_tokens: int = Field(description="padding in the sequences that hold images")
+    packing_efficiency: float = Field(
+        description="real tokens / tokens of the sequences that hold images: what the packer "
+        "controls"
+    )
+    delivered_efficiency: float = Field(
+        description="real tokens / every token sent, filler sequences included: what the GPU sees"
+    )
     images_per_sequence_mean: float
     tokens_per_image_mean: float
     images_per_sequence_hist: dict[str, int]
@@ -131,8 +138,10 @@ class RatesOut(BaseModel):
     images: int
     real_tokens: int
     pad_tokens: int
+    filler_tokens: int
     bytes: int
-    efficiency: float
+    packing_efficiency: float
+    delivered_efficiency: float
     batches_per_s: float
     sequences_per_s: float
     images_per_s: float
@@ -219,7 +228,12 @@ class StatsResponse(BaseModel):
     images: int = Field(description="images the streams draw from (the held-out ones not)")
     valid_images: int
     holdout: HoldoutOut
-    efficiency: float = Field(description="real tokens / all tokens of planned sequences")
+    packing_efficiency: float = Field(
+        description="real tokens / tokens of the sequences that hold images (run)"
+    )
+    delivered_efficiency: float = Field(
+        description="real tokens / every token sent, filler sequences included (run)"
+    )
     packing: PackingStatsOut
     throughput: ThroughputOut
     by_config_version: list[VersionStatsOut]

@@ -28,9 +28,10 @@ from packer.config import PackingConfig
 from packer.contract.cursor import Cursor, TicketError
 from packer.image.reject import Reject
 from packer.index.reject_ledger import RejectLedger
+from packer.plan.batch_plan import BatchPlan
 from packer.plan.epoch import EpochPlan, plan_epoch
 from packer.plan.history import ConfigHistory, ConfigVersion
-from packer.plan.planner import BatchPlan, EpochPlanner
+from packer.plan.planner import EpochPlanner
 from service.state import StateStore
 
 # Planners are cheap to rebuild (deterministic), so only the latest few epochs are kept.

@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from packer.contract.cursor import BatchMetadata, Cursor, TicketError
 from packer.contract.schema import from_record_batch
-from packer.plan.planner import BatchPlan
+from packer.plan.batch_plan import BatchPlan
 from service.batch_source import OutgoingBatch, ServiceStopping
 from service.job.layouts import RecentLayouts
 from service.job.planning import EpochPlanners

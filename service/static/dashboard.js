@@ -43,8 +43,9 @@ async function getJSON(path) {
 function drawCards(stats) {
   const minute = stats.throughput.last_minute;
   const cards = [
-    ["efficiency (run)", fmt(100 * stats.efficiency, 2) + "%"],
-    ["efficiency (last min)", fmt(100 * minute.efficiency, 2) + "%"],
+    ["packing efficiency (run)", fmt(100 * stats.packing_efficiency, 2) + "%"],
+    ["delivered efficiency (run)", fmt(100 * stats.delivered_efficiency, 2) + "%"],
+    ["delivered (last min)", fmt(100 * minute.delivered_efficiency, 2) + "%"],
     ["images/s", fmt(minute.images_per_s)],
     ["tokens/s", fmt(minute.tokens_per_s)],
     ["sequences/s", fmt(minute.sequences_per_s)],
@@ -153,7 +154,8 @@ async function refresh() {
     ]);
     drawCards(stats);
     const pointsEff = drawLine(document.getElementById("chart-efficiency"), timeline.points,
-                               "efficiency", "efficiency (real / all tokens) per second", 1.0);
+                               "delivered_efficiency",
+                               "delivered efficiency (real / every token sent) per second", 1.0);
     drawLine(document.getElementById("chart-throughput"), timeline.points, "images_per_s",
              "images per second");
     const [drawn, segments] = drawSequences(recent.sequences);

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -74,10 +75,31 @@ def test_pack_writes_batches_plain_pyarrow_reads_with_every_image_once_per_epoch
 def test_simulate_predicts_exactly_what_pack_delivers(sample, tmp_path):
     index, delivered = _pack(sample, tmp_path / "out")
     predicted = simulate(index, ConfigHistory.start(CONFIG))
-    keep = ("images_in", "images_packed", "sequences", "real_tokens", "pad_tokens", "efficiency")
+    keep = (
+        "images_in",
+        "images_packed",
+        "sequences",
+        "real_tokens",
+        "pad_tokens",
+        "packing_efficiency",
+        "delivered_efficiency",
+    )
     assert {k: predicted.to_dict()[k] for k in keep} == {k: delivered.to_dict()[k] for k in keep}
     real = sum(from_record_batch(rb).real_tokens for rb in _read_dir(tmp_path / "out"))
     assert real == predicted.real_tokens
+
+
+def test_both_efficiencies_are_what_the_written_files_hold(sample, tmp_path):
+    # 40 images at batch_size 4: the epoch's last batch is short. Its missing rows are
+    # not written as padding, so what the files hold is what the packer packed.
+    _, stats = _pack(sample, tmp_path / "out", epochs=2)
+    segments = [from_record_batch(rb).segment_ids for rb in _read_dir(tmp_path / "out")]
+    real = sum(int(np.count_nonzero(s)) for s in segments)
+    every = sum(s.size for s in segments)
+    with_images = sum(int((s > 0).any(axis=1).sum()) * s.shape[1] for s in segments)
+    assert stats.delivered_efficiency == pytest.approx(real / every, abs=1e-12)
+    assert stats.packing_efficiency == pytest.approx(real / with_images, abs=1e-12)
+    assert stats.filler_sequences == 0 and every == with_images  # no all-padding row written
 
 
 def test_bad_images_are_counted_with_reasons_and_the_rest_packed(tmp_path):
@@ -174,7 +196,10 @@ def test_rejected_jsonl_lines_carry_the_decoders_detail(tmp_path):
 
 def _compared(stats) -> dict:
     keep = ("images_in", "images_packed", "rejected_by_reason", "sequences", "real_tokens")
-    return {k: stats.to_dict()[k] for k in (*keep, "pad_tokens", "efficiency")}
+    return {
+        k: stats.to_dict()[k]
+        for k in (*keep, "pad_tokens", "packing_efficiency", "delivered_efficiency")
+    }
 
 
 def test_after_a_pack_finds_decode_failures_simulate_predicts_the_next_pack_exactly(tmp_path):

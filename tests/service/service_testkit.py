@@ -16,7 +16,7 @@ from packer.fill.batch import fill_batch
 from packer.fill.bounded import in_order
 from packer.image.notes import ImageNote
 from packer.image.reject import Reject
-from packer.plan.planner import BatchPlan
+from packer.plan.batch_plan import BatchPlan
 from service.flight import bearer_call_options
 
 # Small enough that an epoch of 48 sample images is a few seconds on 2 cores, and gives

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from packer.contract.cursor import Cursor, TicketError, batches_per_rank, global_batch_index
+from packer.contract.cursor import Cursor, TicketError
+from packer.contract.rank_layout import batches_per_rank, global_batch_index
 from packer.contract.schema import PackedBatch, to_record_batch
 from service.fixed_batches import FixedBatchSource
 

@@ -59,7 +59,7 @@ def test_two_ranks_get_disjoint_equal_streams_covering_the_epoch(start, sample_i
 
     stats = httpx.get(f"{service.api_url}/stats").json()
     assert stats["packing"]["images_packed"] == len(valid_image_ids(sample_index))
-    assert 0 < stats["efficiency"] <= 1
+    assert 0 < stats["delivered_efficiency"] <= stats["packing_efficiency"] <= 1
     cursors = {(r["rank"], r["world_size"]): r for r in stats["ranks"]}
     assert cursors[(0, 2)]["next_batch"] == len(rank0)
     assert cursors[(1, 2)]["lag_batches"] == 0

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from packer.contract.schema import PackedBatch
+from packer.plan.batch_plan import BatchPlan
 from packer.plan.history import ConfigVersion
-from packer.plan.planner import BatchPlan
 from service.live_stats import LiveStats
 from tests.service.service_testkit import SMALL_CONFIG
 
@@ -18,7 +18,7 @@ from tests.service.service_testkit import SMALL_CONFIG
 def _batch(global_batch: int = 0) -> tuple[BatchPlan, PackedBatch]:
     """Two sequences of 8 tokens: images a, b (3 + 2 tokens) then c (4 tokens).
 
-    Real tokens 9 of 16, so efficiency 9/16 = 0.5625; pad tokens 7.
+    Real tokens 9 of 16, so both efficiencies are 9/16 = 0.5625; pad tokens 7.
     """
     version = ConfigVersion(1, SMALL_CONFIG)
     plan = dataclasses.replace(
@@ -38,16 +38,35 @@ def _batch(global_batch: int = 0) -> tuple[BatchPlan, PackedBatch]:
     return plan, packed
 
 
-def test_efficiency_is_real_tokens_over_all_tokens_of_the_packed_sequences():
+def test_packing_efficiency_is_real_tokens_over_all_tokens_of_the_packed_sequences():
     stats = LiveStats()
     plan, packed = _batch()
     stats.add_delivered(plan, packed, [], nbytes=1000, now=1000.0)
     packing = stats.packing()
     assert (packing["real_tokens"], packing["pad_tokens"]) == (9, 7)
-    assert packing["efficiency"] == 0.5625
+    assert packing["packing_efficiency"] == packing["delivered_efficiency"] == 0.5625
     assert packing["images_packed"] == 3
     assert packing["images_per_sequence_hist"] == {"1": 1, "2": 1}
-    assert stats.by_version()[1]["efficiency"] == 0.5625
+    assert stats.by_version()[1]["packing_efficiency"] == 0.5625
+
+
+def test_a_filler_sequence_counts_in_the_delivered_efficiency_only():
+    # The batch above plus one all-padding sequence: 9 real tokens of 16 in the sequences
+    # with images (packing 0.5625), of 24 sent (delivered 0.375).
+    stats = LiveStats()
+    plan, packed = _batch()
+    plan = dataclasses.replace(plan, num_sequences=3)
+    filled = PackedBatch.empty(3, 8, 16)
+    filled.segment_ids[:2] = packed.segment_ids
+    filled.images_per_seq = np.array([2, 1, 0], np.int32)
+    filled.labels, filled.image_ids = packed.labels, packed.image_ids
+    filled.image_grid_h, filled.image_grid_w = packed.image_grid_h, packed.image_grid_w
+    stats.add_delivered(plan, filled, [], nbytes=1000, now=1000.0)
+    packing = stats.packing()
+    assert (packing["filler_sequences"], packing["filler_tokens"]) == (1, 8)
+    assert (packing["packing_efficiency"], packing["delivered_efficiency"]) == (0.5625, 0.375)
+    minute = stats.throughput(now=1001.0)["last_minute"]
+    assert (minute["packing_efficiency"], minute["delivered_efficiency"]) == (0.5625, 0.375)
 
 
 def test_a_batch_sent_twice_counts_once_in_packing_and_twice_in_throughput():
@@ -80,12 +99,14 @@ def test_throughput_over_the_run_and_the_last_minute():
     assert late["last_minute"]["images"] == 3
     assert late["last_minute"]["images_per_s"] == 0.05
     assert late["last_minute"]["tokens_per_s"] == 0.15  # 9 real tokens / 60 s
-    assert late["last_minute"]["efficiency"] == 0.5625
+    assert late["last_minute"]["delivered_efficiency"] == 0.5625
 
 
 def test_nothing_delivered_gives_zero_rates():
     run = LiveStats().throughput(now=5.0)["run"]
-    assert run["seconds"] == 0.0 and run["images_per_s"] == 0.0 and run["efficiency"] == 0.0
+    assert (
+        run["seconds"] == 0.0 and run["images_per_s"] == 0.0 and run["delivered_efficiency"] == 0.0
+    )
 
 
 def test_the_timeline_has_one_point_per_second_with_deliveries():

@@ -40,10 +40,10 @@ def test_arrow_file_round_trips(tmp_path):
     assert read.image_ids == batch.image_ids and read.patch_size == batch.patch_size
 
 
-def test_folder_ranks_get_equal_counts_with_padding_batches(tmp_path):
-    batches = batches_for(5, seed=1)
+def test_folder_ranks_get_equal_counts_and_share_the_tail_without_padding(tmp_path):
+    batches = batches_for(5, seed=1)  # 2 sequences each
     write_epoch(tmp_path, 0, batches)
-    world_size = 3  # 5 batches over 3 ranks: 2 each, the last rank's second one is padding
+    world_size = 3  # 5 batches over 3 ranks: 2 each; batches 3 and 4 shared out 2, 1, 1
     per_rank = {
         rank: list(iter_batches(tmp_path, Cursor(rank, world_size), end_epoch=1, prefetch=1))
         for rank in range(world_size)
@@ -51,14 +51,16 @@ def test_folder_ranks_get_equal_counts_with_padding_batches(tmp_path):
     assert {rank: len(items) for rank, items in per_rank.items()} == {0: 2, 1: 2, 2: 2}
     # Each batch comes with the cursor after it.
     assert [cursor for cursor, _ in per_rank[2]] == [Cursor(2, 3, 0, 1), Cursor(2, 3, 0, 2)]
-    padding = per_rank[2][1][1]
-    assert padding.num_images == 0 and padding.real_tokens == 0
-    assert padding.patches.shape == batches[0].patches.shape
-    # Every image exactly once over all ranks, rank r holding global batches r, r+3.
+    # The first round is plain striding; the tail holds no all-padding sequence.
+    assert [per_rank[r][0][1].image_ids for r in range(3)] == [b.image_ids for b in batches[:3]]
+    tail = [per_rank[r][1][1] for r in range(3)]
+    assert [b.num_sequences for b in tail] == [2, 1, 1]
+    assert all((b.images_per_seq > 0).all() for b in tail)
+    np.testing.assert_array_equal(tail[1].patches[0], batches[4].patches[0])
+    # Every image exactly once over all ranks.
     seen = [i for items in per_rank.values() for _, b in items for i in b.image_ids]
     expected = [i for b in batches for i in b.image_ids]
     assert sorted(seen) == sorted(expected) and len(seen) == len(expected)
-    assert per_rank[1][1][1].image_ids == batches[4].image_ids
 
 
 def test_folder_cursor_resumes_and_single_epoch_folder_repeats(tmp_path):

@@ -40,22 +40,21 @@ class JobCollector(Collector):
         yield GaugeMetricFamily(
             "navit_config_version", "current packing config version", stats.config_version
         )
-        yield GaugeMetricFamily(
-            "navit_packing_efficiency",
-            "real / all tokens of planned sequences, run",
-            stats.packing.efficiency,
-        )
-        yield GaugeMetricFamily(
-            "navit_packing_efficiency_last_minute",
-            "real / all tokens delivered, last minute",
-            minute.efficiency,
-        )
+        for name, help_text in (
+            ("packing_efficiency", "real / all tokens of the sequences that hold images"),
+            ("delivered_efficiency", "real / every token sent, filler sequences included"),
+        ):
+            yield GaugeMetricFamily(f"navit_{name}", f"{help_text}, run", getattr(stats, name))
+            yield GaugeMetricFamily(
+                f"navit_{name}_last_minute", f"{help_text}, last minute", getattr(minute, name)
+            )
         for name, key, help_text in (
             ("navit_batches_delivered", "batches", "batches sent to trainer ranks"),
             ("navit_sequences_delivered", "sequences", "packed sequences sent"),
             ("navit_images_delivered", "images", "images sent"),
             ("navit_real_tokens_delivered", "real_tokens", "image tokens sent"),
             ("navit_pad_tokens_delivered", "pad_tokens", "padding tokens sent"),
+            ("navit_filler_tokens_delivered", "filler_tokens", "tokens of filler sequences sent"),
             ("navit_bytes_delivered", "bytes", "Arrow bytes sent"),
         ):
             yield CounterMetricFamily(name, help_text, value=getattr(run, key))

@@ -46,7 +46,8 @@ def stats_response(job: ServiceJob, now: float | None = None) -> StatsResponse:
             seed=job.settings.holdout_seed,
             held_out_images=job.held_out_images,
         ),
-        efficiency=packing.efficiency,
+        packing_efficiency=packing.packing_efficiency,
+        delivered_efficiency=packing.delivered_efficiency,
         packing=packing,
         throughput=ThroughputOut.model_validate(job.stats.throughput(now)),
         by_config_version=[

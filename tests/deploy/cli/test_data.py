@@ -94,8 +94,8 @@ def test_pack_off_a_terminal_prints_only_a_summary_of_predicted_and_delivered(
     assert delivered["rejected_by_reason"]["truncated"] == 1
     assert (
         f"  predicted: {predicted['images_packed']} packed at "
-        f"{100 * predicted['efficiency']:.2f}% efficiency; delivered: "
-        f"{delivered['images_packed']} packed at {100 * delivered['efficiency']:.2f}%"
+        f"{100 * predicted['packing_efficiency']:.2f}% packing efficiency; delivered: "
+        f"{delivered['images_packed']} packed at {100 * delivered['packing_efficiency']:.2f}%"
     ) in lines
     assert "  skipped (not images): .txt 1" in lines
     assert delivered["skipped_by_extension"] == {".txt": 1}
@@ -152,3 +152,25 @@ def test_pack_of_the_odd_file_corpus_accounts_for_every_file_with_no_noise(
     assert packed.isdisjoint(row["image_id"] for row in rejected)
     assert len(packed) + len(rejected) + sum(skipped.values()) == len(files)
     assert packed == {name for name, e in expected.items() if e.outcome == "packed"}
+
+
+@pytest.mark.slow
+def test_stats_json_delivered_efficiency_is_the_real_share_of_the_written_tokens(
+    packed_odd: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    import numpy as np
+
+    from packer.contract.packed_folder import batch_files, epoch_folders, read_batch_file
+    from packer.contract.schema import from_record_batch
+
+    out, done = packed_odd
+    assert done.returncode == 0, done.stderr
+    delivered = json.loads((out / "stats.json").read_text())["delivered"]
+    segments = [
+        from_record_batch(read_batch_file(path)).segment_ids
+        for folder in epoch_folders(out)
+        for path in batch_files(folder)
+    ]
+    real = sum(int(np.count_nonzero(s)) for s in segments)
+    assert delivered["delivered_efficiency"] == round(real / sum(s.size for s in segments), 6)
+    assert any(line.startswith("  delivered efficiency: ") for line in done.stdout.splitlines())

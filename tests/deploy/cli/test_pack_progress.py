@@ -19,7 +19,7 @@ class FakeTerminal(io.StringIO):
 @dataclass
 class SoFar:
     images_in: int
-    efficiency: float
+    packing_efficiency: float
 
 
 def test_on_a_terminal_the_live_line_shows_images_rate_efficiency_and_eta() -> None:
@@ -31,7 +31,7 @@ def test_on_a_terminal_the_live_line_shows_images_rate_efficiency_and_eta() -> N
     last = terminal.getvalue().rstrip("\n").split("\r")[-1]
     assert last.startswith("pack: 120/200 images  60%")
     assert "images/s" in last
-    assert "efficiency 98.76%" in last
+    assert "packing 98.76%" in last
     assert "ETA " in last and "ETA ?" not in last
 
 
@@ -56,7 +56,9 @@ def _stats(**values: object) -> dict:
         "tokens_per_image_mean": 128.0,
         "real_tokens": 91264,
         "pad_tokens": 896,
-        "efficiency": 0.990278,
+        "filler_sequences": 0,
+        "packing_efficiency": 0.990278,
+        "delivered_efficiency": 0.990278,
         "notes": {},
         "skipped_by_extension": {},
         "images_per_s": 350.0,
@@ -66,19 +68,23 @@ def _stats(**values: object) -> dict:
 
 
 def test_the_pack_summary_sets_the_prediction_beside_the_delivery() -> None:
-    predicted = _stats(efficiency=0.9968)
+    predicted = _stats(packing_efficiency=0.9968)
     delivered = _stats(
         images_packed=693,
         images_rejected=20,
         rejected_by_reason={"truncated": 20},
-        efficiency=0.9748,
+        packing_efficiency=0.9748,
+        delivered_efficiency=0.9748,
         skipped_by_extension={".tar": 1, ".txt": 3},
         notes={"corrupt_metadata": 2},
     )
     lines = summary_lines("packed into out (1 epoch)", delivered, predicted)
     assert lines[0] == "packed into out (1 epoch):"
     assert "  images: 713 in, 693 packed, 20 rejected (truncated 20; see rejected.jsonl)" in lines
-    assert "  predicted: 713 packed at 99.68% efficiency; delivered: 693 packed at 97.48%" in lines
+    assert (
+        "  predicted: 713 packed at 99.68% packing efficiency; delivered: 693 packed at 97.48%"
+    ) in lines
+    assert any(line.startswith("  delivered efficiency: 97.48%") for line in lines)
     assert any("remembered" in line for line in lines)  # why they differ, and that it heals
     assert "  skipped (not images): .tar 1, .txt 3" in lines
     assert "  notes (Pillow warnings, see notes.jsonl): corrupt_metadata 2" in lines

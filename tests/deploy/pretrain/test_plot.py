@@ -18,7 +18,9 @@ def test_plot_is_a_png_of_loss_accuracy_and_efficiency(tmp_path: Path) -> None:
         }
         for s in range(1, 11)
     }
-    samples = [{"step": s, "efficiency": 0.97} for s in (2, 6, 10)]
+    samples = [
+        {"step": s, "packing_efficiency": 0.97, "delivered_efficiency": 0.96} for s in (2, 6, 10)
+    ]
     evals = {s: {"step": s, "eval_loss": 1.0 / s, "eval_accuracy": 0.1 * s} for s in (5, 10)}
     path = write_plot(tmp_path, records, samples, restart_steps=[5], evals=evals)
     assert path == tmp_path / "pretrain.png"

@@ -35,7 +35,8 @@ def test_smoothed_starts_at_the_first_value() -> None:
 
 def _stats(images: int, version: int) -> dict:
     return {
-        "efficiency": 0.964,
+        "packing_efficiency": 0.964,
+        "delivered_efficiency": 0.961,
         "config_version": version,
         "throughput": {"last_minute": {"images_per_s": 310.4}, "run": {"images": images}},
     }
@@ -46,7 +47,13 @@ def test_the_line_shows_the_mean_of_recent_steps_and_the_services_rates() -> Non
     status = run_status(records, _stats(images=120, version=1))
     assert status["step"] == 25
     assert status["loss"] == pytest.approx(1.0)  # the last 20 steps only
-    assert status_fields(status) == ["loss 1.000", "acc 0.50", "310 img/s", "packing 96.4%"]
+    assert status_fields(status) == [
+        "loss 1.000",
+        "acc 0.50",
+        "310 img/s",
+        "packing 96.4%",
+        "delivered 96.1%",
+    ]
     assert status_fields(run_status(records, _stats(images=120, version=3)))[-1] == "config v3"
 
 

@@ -6,14 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from packer.contract.cursor import (
-    MAX_WORLD_SIZE,
-    BatchMetadata,
-    Cursor,
-    TicketError,
-    batches_per_rank,
-    global_batch_index,
-)
+from packer.contract.cursor import MAX_WORLD_SIZE, BatchMetadata, Cursor, TicketError
+from packer.contract.rank_layout import batches_per_rank, global_batch_index
 
 
 @st.composite

@@ -19,7 +19,7 @@ def test_simulate_predicts_without_touching_the_job(api):
     assert body["sample_size"] == 40
     assert body["stats"]["images_packed"] == 40
     assert body["stats"]["images_per_sequence_hist"] == {"1": 40}
-    assert body["stats"]["efficiency"] < body["baseline"]["efficiency"]
+    assert body["stats"]["packing_efficiency"] < body["baseline"]["packing_efficiency"]
     # Simulate may try a seq_len the live job could not switch to.
     assert api.post("/simulate", json={"config": {"seq_len": 256}}).status_code == 200
     assert api.get("/config").json()["version"] == 1

@@ -10,7 +10,10 @@ def test_stats_of_a_fresh_job_show_its_config_and_nothing_delivered(api, sample_
     assert (body["dataset"], body["config_version"]) == ("sample", 1)
     assert body["images"] == body["valid_images"] == sample_index.num_rows
     assert body["holdout"] == {"fraction": 0.0, "seed": 0, "held_out_images": 0}
-    assert body["packing"]["batches"] == 0 and body["efficiency"] == 0
+    assert (
+        body["packing"]["batches"] == 0
+        and body["packing_efficiency"] == body["delivered_efficiency"] == 0
+    )
     assert body["throughput"]["run"]["images"] == 0
     assert body["ranks"] == [] and body["trainers"] == []
     assert body["streams"] == {"active": 0, "max_in_flight": 4, "max_in_flight_seen": 0}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from packer.contract.cursor import Cursor, TicketError, batches_per_rank, global_batch_index
+from packer.contract.cursor import Cursor, TicketError
+from packer.contract.rank_layout import batches_per_rank, global_batch_index
 from packer.contract.schema import from_record_batch
 from packer.plan.history import ConfigHistory
 from packer.plan.planner import EpochPlanner
