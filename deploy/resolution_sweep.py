@@ -27,11 +27,13 @@ import pyarrow as pa
 import torch
 
 from packer.config import ResolutionMode, fixed_resolution_config
+from packer.contract.classes import label_mapping, remap_labels
 from packer.contract.cursor import Cursor
 from packer.contract.schema import PackedBatch
 from packer.fill.in_process import pack_in_process
-from trainer.data import iter_batches
-from trainer.evaluate import EvalResult, evaluate_batches
+from packer.index.table import index_class_names
+from trainer.data import iter_batches, source_class_names
+from trainer.evaluate import EvalResult, evaluate_batches, labels_by_name
 from trainer.model import NaViT
 
 
@@ -107,14 +109,34 @@ def evaluate_packed(
     source: str | os.PathLike[str],
     device: torch.device | None = None,
     token: str | None = None,
+    class_names: list[str] | None = None,
 ) -> SweepRow:
-    """Score epoch 0 of a packed folder or a Flight stream (rank 0 of 1) as it is."""
-    stream = iter_batches(source, Cursor(0, 1), token=token, prefetch=2, end_epoch=1)
+    """Score epoch 0 of a packed folder or a Flight stream (rank 0 of 1) as it is, its
+    labels mapped by name onto the model's `class_names` (trainer.evaluate.labels_by_name)."""
+    cursor = Cursor(0, 1)
+    data_classes = source_class_names(source, cursor, token)
+    if data_classes is not None and class_names is not None:
+        label_mapping(data_classes, class_names)  # UnknownClasses before any batch is read
+    stream = iter_batches(source, cursor, token=token, prefetch=2, end_epoch=1)
     try:
-        result = evaluate_batches(model, (batch for _, batch in stream), device)
+        batches = labels_by_name((batch for _, batch in stream), data_classes, class_names)
+        result = evaluate_batches(model, batches, device)
     finally:
         stream.close()
     return SweepRow(None, result)
+
+
+def index_by_class_name(index: pa.Table, class_names: list[str] | None) -> pa.Table:
+    """`index` with its labels mapped by name onto `class_names` (the model's): a val
+    folder holding only bees/ gets label 1 for a model of ["ants", "bees"]. Unchanged when
+    either side names no classes; UnknownClasses for a class the model does not know."""
+    data_classes = index_class_names(index)
+    if not data_classes or class_names is None or data_classes == class_names:
+        return index
+    mapping = label_mapping(data_classes, class_names)
+    labels = remap_labels(index.column("label").to_numpy(), mapping)
+    position = index.schema.get_field_index("label")
+    return index.set_column(position, "label", pa.array(labels, pa.int64()))
 
 
 def format_table(rows: Sequence[SweepRow]) -> str:

@@ -116,6 +116,7 @@ class ServiceHandle:
             "dataset": self.settings.dataset,
             "config_version": self.job.config_version.version,
             "state_dir": str(self.settings.state_dir) if self.settings.state_dir else None,
+            **self.job.classes.to_dict(),
         }
 
     def stop(self) -> None:

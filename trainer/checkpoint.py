@@ -6,6 +6,8 @@ checkpoint or the new one, never half of one), holding
     model, model_config     the NaViT weights and the NaViTConfig they belong to
     optimizer, scheduler    AdamW and LambdaLR state
     step, steps             optimizer steps done, and the run's total (the LR schedule's span)
+    class_names             what each output of the head means, in label order (None when
+                            the data named no classes; packer.contract.classes)
     cursor                  Cursor.to_dict() of rank 0 after its last trained batch
     rng                     torch, CUDA, numpy and Python RNG states
 
@@ -23,7 +25,7 @@ import random
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -54,6 +56,7 @@ def save_on_main(
     step: int,
     steps: int,
     cursor: Cursor,
+    class_names: list[str] | None,
 ) -> None:
     """Checkpoint the run on rank 0; other ranks write nothing (see the module doc)."""
     if dist.is_initialized() and dist.get_rank() != 0:
@@ -66,6 +69,7 @@ def save_on_main(
         "step": step,
         "steps": steps,
         "cursor": cursor.to_dict(),
+        "class_names": class_names,
         "rng": rng_state(),
     }
     save_checkpoint(path, state)
@@ -101,12 +105,19 @@ def restore_model(state: dict[str, Any], patch_size: int) -> NaViT:
     return model
 
 
-def load_trained_model(path: str | os.PathLike[str]) -> tuple[NaViT, int]:
-    """(the NaViT in a checkpoint, in eval mode on the CPU; the step it was saved at).
+class TrainedModel(NamedTuple):
+    """A checkpoint's model in eval mode on the CPU, the step it was saved at, and the
+    class names of its head (None for a checkpoint written before they were stored)."""
 
-    What `navit eval` scores: the weights and config only, no optimizer or data state.
-    A missing file is a FileNotFoundError naming it, a file without a model a ValueError.
-    """
+    model: NaViT
+    step: int
+    class_names: list[str] | None
+
+
+def load_trained_model(path: str | os.PathLike[str]) -> TrainedModel:
+    """What `navit eval` scores: the weights, config and class names only, no optimizer
+    or data state. A missing file is a FileNotFoundError naming it, a file without a
+    model a ValueError."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
@@ -118,7 +129,7 @@ def load_trained_model(path: str | os.PathLike[str]) -> tuple[NaViT, int]:
         raise ValueError(f"{path}: not a navit checkpoint (no model and model_config)")
     config = NaViTConfig(**state["model_config"])
     model = restore_model(state, config.patch_size)
-    return model.eval(), int(state.get("step", 0))
+    return TrainedModel(model.eval(), int(state.get("step", 0)), state.get("class_names"))
 
 
 def restore_training(

@@ -31,6 +31,12 @@ CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 
 
+class ConfigMismatch(ValueError):
+    """What was asked for does not fit the data or the checkpoint (`navit train` exits 2
+    with this one line): a --num-classes the data's class names contradict, a resume on
+    data whose classes are not the checkpoint's."""
+
+
 def _option(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
@@ -55,7 +61,12 @@ class TrainConfig:
     weight_decay: float = _option(0.05, "AdamW weight decay")
     grad_clip: float = _option(1.0, "max gradient norm (0: off)")
     compile: bool = _option(False, "torch.compile the model")
-    num_classes: int | None = _option(None, "default: classes.json of the source, else 1000")
+    num_classes: int | None = _option(
+        None,
+        "classes of the head (default: as many as the data names: the stream's class names "
+        "or the folder's classes.json; 1000 when it names none); a number the data "
+        "contradicts is refused",
+    )
     token_file: str | None = _option(
         None, "file holding the bearer token (default: env NAVIT_TOKEN)"
     )

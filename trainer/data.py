@@ -51,6 +51,7 @@ import pyarrow as pa
 import torch
 
 from packer.contract.auth import bearer_headers
+from packer.contract.classes import read_class_names, schema_class_names
 from packer.contract.cursor import BatchMetadata, Cursor
 from packer.contract.packed_folder import batch_files, epoch_folders, read_batch_file
 from packer.contract.rank_layout import epoch_layout
@@ -65,6 +66,33 @@ TENSOR_COLUMNS = (*MODEL_INPUTS, "labels")
 
 def is_flight_source(source: str | os.PathLike[str]) -> bool:
     return str(source).startswith(FLIGHT_SCHEMES)
+
+
+def source_class_names(
+    source: str | os.PathLike[str], cursor: Cursor, token: str | None = None
+) -> list[str] | None:
+    """The class names the data carries (packer.contract.classes): a Flight stream's
+    schema metadata, a packed folder's classes.json; None when it carries none."""
+    if not is_flight_source(source):
+        return read_class_names(Path(source))
+    from pyarrow import flight
+
+    client = flight.FlightClient(str(source))
+    try:
+        descriptor = flight.FlightDescriptor.for_command(cursor.to_ticket())
+        schema = client.get_schema(descriptor, _call_options(token)).schema
+    except pa.ArrowNotImplementedError:
+        return None  # a Flight server that is not navit's: it names no classes
+    finally:
+        client.close()
+    return schema_class_names(schema)
+
+
+def _call_options(token: str | None) -> Any:
+    from pyarrow import flight
+
+    headers = [(k.encode(), v.encode()) for k, v in bearer_headers(token).items()]
+    return flight.FlightCallOptions(headers=headers)
 
 
 def iter_batches(
@@ -155,8 +183,7 @@ def _iter_flight(
 ) -> Generator[tuple[Cursor, PackedBatch], None, None]:
     from pyarrow import flight
 
-    headers = [(k.encode(), v.encode()) for k, v in bearer_headers(token).items()]
-    options = flight.FlightCallOptions(headers=headers)
+    options = _call_options(token)
     # Packed batches are several MB each: 16 MB HTTP/2 frames cut the per-frame overhead
     # of the Flight client (measured in bench/bench_service.py).
     client = flight.FlightClient(

@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from packer.contract.classes import label_mapping, remap_labels
 from packer.contract.cursor import Cursor
 from packer.contract.schema import PackedBatch
-from trainer.data import iter_batches, to_device
+from trainer.data import iter_batches, source_class_names, to_device
 from trainer.distributed import all_reduce_sum, autocast
 from trainer.model import MODEL_INPUTS, NaViT
 
@@ -98,6 +99,22 @@ def batch_sums(model: NaViT, batch: PackedBatch, device: torch.device) -> torch.
     )
 
 
+def labels_by_name(
+    batches: Iterable[PackedBatch], data_classes: list[str] | None, model_classes: list[str] | None
+) -> Iterator[PackedBatch]:
+    """`batches` with their labels mapped by class name onto the model's classes
+    (packer.contract.classes): a folder holding only bees/ labels them 0, which a model of
+    ["ants", "bees"] calls 1. Unchanged when either side names no classes; a class the
+    model does not know is UnknownClasses, before any batch is scored."""
+    if data_classes is None or model_classes is None or data_classes == model_classes:
+        yield from batches
+        return
+    mapping = label_mapping(data_classes, model_classes)
+    for batch in batches:
+        batch.labels = remap_labels(batch.labels, mapping)
+        yield batch
+
+
 @torch.no_grad()
 def evaluate(
     model: NaViT,
@@ -106,13 +123,20 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | None = None,
+    class_names: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One pass over epoch 0 of `source`: eval_loss and eval_accuracy over labelled images."""
+    """One pass over epoch 0 of `source`: eval_loss and eval_accuracy over labelled images,
+    its labels mapped by name onto the model's `class_names` (see labels_by_name)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, labelled images
-    for _, batch in iter_batches(source, Cursor(rank, world_size), end_epoch=1, prefetch=2):
+    cursor = Cursor(rank, world_size)
+    stream = iter_batches(source, cursor, end_epoch=1, prefetch=2)
+    batches = labels_by_name(
+        (batch for _, batch in stream), source_class_names(source, cursor), class_names
+    )
+    for batch in batches:
         totals += batch_sums(model, batch, device)
     totals = all_reduce_sum(totals, device)
     model.train(was_training)

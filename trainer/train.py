@@ -10,10 +10,13 @@ One batch is one optimizer step. AdamW with linear warmup then cosine decay to z
 world size is above 1 (trainer/distributed.py). The settings and their defaults are
 TrainConfig's (trainer/config.py).
 
-Number of classes: `num_classes` when given; else `classes.json` in the source folder
-(a list of class names, a {name: id} dict, or {"num_classes": n}); else 1000. It is never
-inferred from the first batches: a class missing from them would be silently cut off. A
-label >= num_classes stops training with an error naming it.
+Classes: the head has one output per class name the data carries (a Flight stream's
+schema metadata, a packed folder's classes.json: packer.contract.classes), and the
+checkpoint stores the names. A `num_classes` the names contradict, or a resume on data
+whose names are not the checkpoint's, is a ConfigMismatch (`navit train` exits 2 with
+one line). Data that names no classes gets `num_classes`, else 1000. The count is never
+inferred from the first batches: a class missing from them would be silently cut off;
+a label >= num_classes stops training with an error naming it.
 
 Files in `ckpt_dir` (rank 0 writes them): `checkpoint.pt` (trainer/checkpoint.py), every
 `ckpt_every` steps and at the end, and `metrics.jsonl` (trainer/metrics.py). `resume`
@@ -26,7 +29,6 @@ time slot) without changing the schedule.
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from collections.abc import Generator
@@ -40,7 +42,6 @@ from torch import nn
 from tqdm import tqdm
 
 from packer.contract.cursor import Cursor
-from packer.contract.packed_folder import read_class_names
 from packer.contract.schema import PackedBatch
 from trainer.checkpoint import (
     load_checkpoint,
@@ -49,8 +50,8 @@ from trainer.checkpoint import (
     resume_cursor,
     save_on_main,
 )
-from trainer.config import CHECKPOINT_NAME, METRICS_NAME, TrainConfig
-from trainer.data import is_flight_source, iter_batches, to_device
+from trainer.config import CHECKPOINT_NAME, METRICS_NAME, ConfigMismatch, TrainConfig
+from trainer.data import iter_batches, source_class_names, to_device
 from trainer.distributed import autocast, pick_device, process_group, wrap_model
 from trainer.evaluate import evaluate
 from trainer.metrics import MetricsLog, step_record, throughput
@@ -75,7 +76,8 @@ def train(config: TrainConfig, token: str | None = None) -> list[dict[str, Any]]
     with process_group(rank, world_size, device):
         # The data comes first: the model's patch size is the data's.
         stream, patch_size, first_wait = _open_stream(config, cursor, token)
-        model = _build(config, checkpoint, patch_size, device)
+        class_names = _class_names(config, cursor, token, checkpoint)
+        model = _build(config, checkpoint, patch_size, class_names, device)
         log = MetricsLog(
             Path(config.ckpt_dir) / METRICS_NAME if rank == 0 else None,
             start_step if checkpoint else None,
@@ -105,7 +107,7 @@ def train(config: TrainConfig, token: str | None = None) -> list[dict[str, Any]]
             if step != last_step and _every(step, config.ckpt_every):
                 model.save(ckpt_path, step, config.steps, cursor)
             if step != last_step and config.eval_source and _every(step, config.eval_every):
-                log.write(evaluate(model.navit, config.eval_source, step, rank, world_size, device))
+                log.write(model.evaluate(config.eval_source, step, rank, world_size, device))
         bar.close()
         stream.close()  # stops the prefetch thread
         model.save(ckpt_path, completed, config.steps, cursor)
@@ -143,6 +145,7 @@ class _Model:
     step_model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    class_names: list[str] | None  # what the head's outputs mean, saved with the weights
 
     def step(
         self, batch: PackedBatch, device: torch.device, grad_clip: float
@@ -163,19 +166,66 @@ class _Model:
         self.scheduler.step()
         return loss, correct, lr
 
+    def evaluate(
+        self, source: str, step: int, rank: int, world_size: int, device: torch.device
+    ) -> dict[str, Any]:
+        """One pass over `source`, its labels mapped onto this head's class names."""
+        return evaluate(self.navit, source, step, rank, world_size, device, self.class_names)
+
     def save(self, path: Path, step: int, total_steps: int, cursor: Cursor) -> None:
-        save_on_main(path, self.navit, self.optimizer, self.scheduler, step, total_steps, cursor)
+        save_on_main(
+            path,
+            self.navit,
+            self.optimizer,
+            self.scheduler,
+            step,
+            total_steps,
+            cursor,
+            self.class_names,
+        )
+
+
+def _class_names(
+    config: TrainConfig, cursor: Cursor, token: str | None, checkpoint: dict[str, Any] | None
+) -> list[str] | None:
+    """The class names of the run's head: the data's (packer.contract.classes), checked
+    against --num-classes and a resumed checkpoint's; ConfigMismatch on a contradiction."""
+    names = source_class_names(config.source, cursor, token)
+    if checkpoint is not None:
+        stored = checkpoint.get("class_names")
+        if names is not None and stored is not None and names != stored:
+            raise ConfigMismatch(
+                f"the data's classes ({_shown(names)}) are not the checkpoint's "
+                f"({_shown(stored)}): resume on the data the run started with"
+            )
+        return stored if stored is not None else names
+    if names and config.num_classes is not None and config.num_classes != len(names):
+        raise ConfigMismatch(
+            f"--num-classes {config.num_classes} disagrees with the {len(names)} classes the "
+            f"data names ({_shown(names)}); leave --num-classes out"
+        )
+    if names == []:
+        warnings.warn(f"{config.source}: the data names no classes", stacklevel=2)
+    return names
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
 
 
 def _build(
-    config: TrainConfig, checkpoint: dict[str, Any] | None, patch_size: int, device: torch.device
+    config: TrainConfig,
+    checkpoint: dict[str, Any] | None,
+    patch_size: int,
+    class_names: list[str] | None,
+    device: torch.device,
 ) -> _Model:
     """A fresh model (seeded), or the checkpoint's with its optimizer and schedule."""
     torch.manual_seed(config.seed)
     if checkpoint:
         navit = restore_model(checkpoint, patch_size)
     else:
-        num_classes = config.num_classes or _classes_in_folder(config.source)
+        num_classes = len(class_names) if class_names else config.num_classes
         navit = build_model(
             config.model,
             num_classes or DEFAULT_NUM_CLASSES,
@@ -190,7 +240,8 @@ def _build(
     )
     if checkpoint:
         restore_training(checkpoint, optimizer, scheduler, config.steps)
-    return _Model(navit, wrap_model(navit, device, config.compile), optimizer, scheduler)
+    step_model = wrap_model(navit, device, config.compile)
+    return _Model(navit, step_model, optimizer, scheduler, class_names)
 
 
 # ---------------------------------------------------------------------------------------
@@ -243,15 +294,8 @@ def check_labels(batch: PackedBatch, num_classes: int) -> None:
     if batch.labels.size and int(batch.labels.max()) >= num_classes:
         raise ValueError(
             f"label {int(batch.labels.max())} >= num_classes={num_classes}; "
-            "pass --num-classes or put classes.json next to the packed folder"
+            "the data labels more classes than it names"
         )
-
-
-def _classes_in_folder(source: str | os.PathLike[str]) -> int | None:
-    if is_flight_source(source):
-        return None
-    names = read_class_names(Path(source))
-    return len(names) if names is not None else None
 
 
 def _every(step: int, period: int) -> bool:

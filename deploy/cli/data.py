@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from deploy.cli import UsageError
 from deploy.cli.pack_progress import PackProgress, summary_lines
 from packer.config import PackingConfig
 from packer.plan.history import ConfigHistory
+
+if TYPE_CHECKING:
+    from packer.index.classes import ClassSummary
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,14 +67,26 @@ def run_simulate(args: argparse.Namespace) -> int:
     check_epochs(args.epochs)
     config = PackingConfig.load(args.config, args.overrides)
     index = load_index(args.dataset)
+    classes = show_class_warnings("simulate", index, args.dataset)
     ledger = RejectLedger.for_index(index)
     stats = simulate(index, ConfigHistory.start(config), args.epochs, ledger=ledger).to_dict()
     if args.json:
-        print(json.dumps(stats, indent=2))
+        print(json.dumps({**stats, **classes.to_dict()}, indent=2))
     else:
         title = "simulated (from headers, no pixels decoded)"
-        print("\n".join(summary_lines(title, stats, known_failures=len(ledger))))
+        lines = summary_lines(title, stats, known_failures=len(ledger))
+        print("\n".join([*lines, f"  {classes.line()}"]))
     return 0
+
+
+def show_class_warnings(command: str, index: Any, dataset: str) -> ClassSummary:
+    """The data set's classes; each of their warnings as one line on stderr (never fatal)."""
+    from packer.index.classes import class_summary
+
+    classes = class_summary(index, str(dataset))
+    for warning in classes.warnings:
+        print(f"navit {command}: warning: {warning}", file=sys.stderr)
+    return classes
 
 
 def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,14 +104,16 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_pack(args: argparse.Namespace) -> int:
+    from packer.contract.classes import write_class_names
     from packer.index.cache import load_index
-    from packer.index.table import index_class_names, index_stats
+    from packer.index.table import index_stats
     from packer.pipeline import init_ray, pack_to_dir
     from packer.plan.simulate import simulate
 
     check_epochs(args.epochs)
     config = PackingConfig.load(args.config, args.overrides)
     index = load_index(args.dataset)
+    classes = show_class_warnings("pack", index, args.dataset)
     history = ConfigHistory.start(config)
     # The planner alone, before any pixel: what the pack should deliver (the live line's
     # total, and the summary's "predicted").
@@ -119,17 +138,18 @@ def run_pack(args: argparse.Namespace) -> int:
         "config_version": history.latest.version,
         "config": config.to_dict(),
         "index": index_stats(index),
+        **classes.to_dict(),
+        "class_warnings": classes.warnings,
         "predicted": predicted,
         "delivered": stats,
     }
     (args.out / "stats.json").write_text(json.dumps(report, indent=2))
-    class_names = index_class_names(index)
-    if class_names:
-        # `navit train --source OUT` reads the class count from here.
-        (args.out / "classes.json").write_text(json.dumps(class_names))
+    # `navit train --source OUT` sizes its head from these names, `navit eval` maps by them.
+    write_class_names(args.out, classes.classes)
     if args.json:
-        print(json.dumps(stats, indent=2))
+        print(json.dumps({**stats, **classes.to_dict()}, indent=2))
     else:
         epochs = f"{args.epochs} epoch{'s' * (args.epochs != 1)}"
-        print("\n".join(summary_lines(f"packed into {args.out} ({epochs})", stats, predicted)))
+        lines = summary_lines(f"packed into {args.out} ({epochs})", stats, predicted)
+        print("\n".join([*lines, f"  {classes.line()}"]))
     return 0

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from packer.config import ConfigError
+    from packer.contract.classes import UnknownClasses
     from trainer.checkpoint import load_trained_model
     from trainer.distributed import pick_device
 
@@ -73,13 +74,19 @@ def run(args: argparse.Namespace) -> int:
         device = pick_device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             return _usage_error(f"--device {args.device}: no CUDA device here")
-        model, step = load_trained_model(args.ckpt)
+        model, step, class_names = load_trained_model(args.ckpt)
     except (OSError, ValueError, RuntimeError) as error:  # a missing or foreign file
         return _usage_error(f"--ckpt: {error}".replace("\n", " "))
     model.to(device)
+    if class_names is None:
+        print(
+            "navit eval: warning: the checkpoint names no classes (written before checkpoints "
+            "stored them): the data's labels are scored as they are",
+            file=sys.stderr,
+        )
     try:
-        rows, described = _score(model, args, resolutions, device)
-    except ConfigError as error:
+        rows, described = _score(model, args, resolutions, device, class_names)
+    except (ConfigError, UnknownClasses) as error:
         return _usage_error(str(error))
     except (OSError, ValueError) as error:  # DatasetError is a ValueError
         return _usage_error(f"--source: {error}")
@@ -92,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         "device": str(device),
         "res_mode": args.res_mode,
         "patch_size": model.config.patch_size,
+        "classes": class_names,
         "rows": [row.to_dict() for row in rows],
     }
     if args.plot is not None:
@@ -114,9 +122,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _score(model, args: argparse.Namespace, resolutions: list[int], device) -> tuple[list, str]:
-    """(rows, what was scored) for a packed source or a data set."""
-    from deploy.resolution_sweep import evaluate_packed, sweep_dataset
+def _score(
+    model, args: argparse.Namespace, resolutions: list[int], device, class_names
+) -> tuple[list, str]:
+    """(rows, what was scored) for a packed source or a data set, the data's labels mapped
+    by class name onto the checkpoint's `class_names`."""
+    from deploy.resolution_sweep import evaluate_packed, index_by_class_name, sweep_dataset
     from trainer.data import PackedFolder, is_flight_source
 
     source = str(args.source)
@@ -133,7 +144,8 @@ def _score(model, args: argparse.Namespace, resolutions: list[int], device) -> t
         from packer.contract.auth import read_token
 
         token = read_token(args.token_file) if is_flight_source(source) else None
-        return [evaluate_packed(model, source, device, token)], "as packed, epoch 0"
+        rows = [evaluate_packed(model, source, device, token, class_names)]
+        return rows, "as packed, epoch 0"
 
     from packer.index.cache import load_index
     from packer.plan.split import split_index
@@ -148,6 +160,7 @@ def _score(model, args: argparse.Namespace, resolutions: list[int], device) -> t
         )
     if index.num_rows == 0:
         raise ValueError(f"{source}: no images to evaluate ({described})")
+    index = index_by_class_name(index, class_names)
     rows = sweep_dataset(
         model, index, resolutions, args.res_mode, args.batch_size, args.seq_len, device
     )

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -98,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     try:
         print(json.dumps({"serving": handle.describe()}), flush=True)
+        for warning in handle.job.classes.warnings:
+            print(f"navit serve: warning: {warning}", file=sys.stderr, flush=True)
         if args.ready_file is not None:
             # start_service returned: both servers accept connections now.
             ready = ReadyFile(api=handle.api_url, flight=handle.flight_location, pid=os.getpid())

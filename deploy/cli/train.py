@@ -16,7 +16,7 @@ import sys
 import trainer.train as training
 from deploy.cli.options import add_dataclass_arguments, dataclass_from_args
 from packer.contract.auth import read_token
-from trainer.config import TrainConfig
+from trainer.config import ConfigMismatch, TrainConfig
 
 REQUIRED = ("source", "steps")
 
@@ -27,15 +27,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Flags -> TrainConfig -> train(); 0 when training ran, 2 on a bad flag or token file."""
+    """Flags -> TrainConfig -> train(); 0 when training ran, 2 on a bad flag or token file
+    or a flag the data contradicts (one line on stderr)."""
     try:
         config = dataclass_from_args(TrainConfig, args)
         token = read_token(config.token_file)
     except ValueError as e:  # a bad value names its field, a bad token file its path
-        print(f"navit train: error: {e}", file=sys.stderr)
-        return 2
-    training.train(config, token=token)
+        return _usage_error(e)
+    try:
+        training.train(config, token=token)
+    except ConfigMismatch as e:  # --num-classes against the data, a resume on other data
+        return _usage_error(e)
     return 0
+
+
+def _usage_error(error: Exception) -> int:
+    print(f"navit train: error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

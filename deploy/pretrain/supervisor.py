@@ -107,23 +107,23 @@ class Pretrain:
         self.run_dir.event("run", run_id=self.run_id, options=self.options.describe())
 
     def _describe_dataset(self) -> None:
-        # The index is loaded here once (and cached) for the class count; the service
-        # then finds it in the cache instead of scanning the headers again.
+        # The index is loaded here once (and cached); the service then finds it in the
+        # cache instead of scanning the headers again. The trainers size their heads from
+        # the class names the stream carries.
         from packer.index.cache import load_index
-        from packer.index.table import index_class_names, index_stats
+        from packer.index.classes import class_summary
+        from packer.index.table import index_stats
 
         index = load_index(self.options.dataset)
         stats = index_stats(index)
-        num_classes = self.trainer_config.num_classes
-        if num_classes is None:
-            labels = index.column("label").to_numpy()
-            top = int(labels.max()) + 1 if len(labels) else 0
-            num_classes = max(len(index_class_names(index)), top, 1)
-            self.trainer_config = self.trainer_config.replace(num_classes=num_classes)
+        classes = class_summary(index, self.options.dataset)
         self.output.say(
             f"dataset {self.options.dataset}: {stats['images']} images "
-            f"({stats['valid']} readable), {num_classes} classes"
+            f"({stats['valid']} readable), {classes.line()}"
         )
+        for warning in classes.warnings:
+            self.output.say(f"warning: {warning}")
+        self.run_dir.event("dataset", **classes.to_dict(), warnings=classes.warnings)
         if self.options.val_fraction > 0:
             self._pack_validation(index)
 

@@ -3,7 +3,7 @@
     OUT/epoch-000/batch-000000.arrow    one Arrow IPC file per packed batch: global batch
     OUT/epoch-000/batch-000001.arrow    j of the epoch, one record batch in the file
     OUT/epoch-001/...
-    OUT/classes.json                    the class names, in label order (when the data has them)
+    OUT/classes.json                    the class names in label order (packer.contract.classes)
     OUT/stats.json, rejected.jsonl, notes.jsonl   what the pack reports (not read back)
 
 Epoch folders are numbered from 000 without gaps, and so are an epoch's batch files: a
@@ -17,7 +17,6 @@ batch files and no epoch folders is read as one epoch.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -25,9 +24,7 @@ from typing import BinaryIO
 
 import pyarrow as pa
 
-from packer.contract.files import write_atomically, write_bytes_atomically
-
-CLASSES_FILE = "classes.json"
+from packer.contract.files import write_atomically
 
 _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 _BATCH_FILE = re.compile(r"^batch-(\d+)\.arrow$")
@@ -112,30 +109,3 @@ def remove_batch_files(epoch_dir: Path) -> None:
         for child in epoch_dir.iterdir():
             if _BATCH_FILE.match(child.name):
                 child.unlink()
-
-
-def write_class_names(out_dir: Path, class_names: list[str]) -> None:
-    """OUT/classes.json: the class names in label order, e.g. ["ants", "bees"]."""
-    write_bytes_atomically(Path(out_dir) / CLASSES_FILE, json.dumps(class_names).encode())
-
-
-def read_class_names(root: Path) -> list[str] | None:
-    """The class names of a packed folder, None when it has no classes.json.
-
-    Older folders may hold {"classes": [...]} or {"num_classes": n}; a bare count gives
-    the names "0".."n-1". Anything else is a ValueError naming the file.
-    """
-    path = Path(root) / CLASSES_FILE
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text())
-    except ValueError as error:
-        raise ValueError(f"{path}: not JSON ({error})") from None
-    if isinstance(value, dict) and isinstance(value.get("classes"), list):
-        value = value["classes"]
-    elif isinstance(value, dict) and isinstance(value.get("num_classes"), int):
-        value = [str(i) for i in range(value["num_classes"])]
-    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
-        raise ValueError(f"{path}: expected a JSON list of class names")
-    return value

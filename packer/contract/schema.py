@@ -21,10 +21,13 @@ This module needs only numpy and pyarrow, so a GPU trainer box can import it wit
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+
+from packer.contract.classes import CLASS_NAMES_KEY
 
 SCHEMA_VERSION = 1
 
@@ -40,8 +43,14 @@ COLUMNS = (
 )
 
 
-def packed_schema(patch_size: int, seq_len: int, config_version: int = 0) -> pa.Schema:
-    """The Arrow schema of packed batches, with the contract's metadata."""
+def packed_schema(
+    patch_size: int,
+    seq_len: int,
+    config_version: int = 0,
+    class_names: list[str] | None = None,
+) -> pa.Schema:
+    """The Arrow schema of packed batches, with the contract's metadata; a stream's schema
+    also names its classes (packer.contract.classes)."""
     patch_dim = patch_size * patch_size * 3
     fields = [
         pa.field("patches", pa.fixed_shape_tensor(pa.uint8(), [seq_len, patch_dim])),
@@ -59,6 +68,8 @@ def packed_schema(patch_size: int, seq_len: int, config_version: int = 0) -> pa.
         "schema_version": str(SCHEMA_VERSION),
         "config_version": str(config_version),
     }
+    if class_names is not None:
+        metadata[CLASS_NAMES_KEY.decode()] = json.dumps(list(class_names))
     return pa.schema(fields, metadata=metadata)
 
 

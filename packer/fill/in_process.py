@@ -18,8 +18,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from packer.config import PackingConfig
+from packer.contract.classes import write_class_names
 from packer.contract.packed_folder import epoch_folder, remove_batch_files
 from packer.fill.batch import FillResult, fill_and_write, fill_batch
+from packer.index.table import index_class_names
 from packer.plan.epoch import plan_epoch
 from packer.plan.history import ConfigHistory
 from packer.plan.stats import PackingStats
@@ -38,10 +40,11 @@ def write_packed_folder(
     """Pack epoch 0 of `index` into out_dir/epoch-000/batch-*.arrow; the stats of the pack.
 
     Batch files of an earlier pack in out_dir/epoch-000 are removed first, so the folder
-    holds exactly this pack's batches.
+    holds exactly this pack's batches; out_dir/classes.json names the index's classes.
     """
     out = Path(out_dir)
     remove_batch_files(epoch_folder(out, 0))
+    write_class_names(out, index_class_names(index))
     planned = plan_epoch(index, ConfigHistory.start(config), 0)
     stats = PackingStats()
     stats.add_rejected([r.reason for r in planned.rejected])

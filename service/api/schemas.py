@@ -227,6 +227,8 @@ class StatsResponse(BaseModel):
     config_version: int
     images: int = Field(description="images the streams draw from (the held-out ones not)")
     valid_images: int
+    classes: list[str] = Field(description="the class names, in label order (sent on streams)")
+    images_per_class: dict[str, int] = Field(description="the data set's images of each class")
     holdout: HoldoutOut
     packing_efficiency: float = Field(
         description="real tokens / tokens of the sequences that hold images (run)"

@@ -17,6 +17,7 @@ import pyarrow as pa
 from packer.config import PackingConfig
 from packer.contract.cursor import Cursor
 from packer.contract.schema import packed_schema
+from packer.index.classes import class_summary
 from packer.index.table import header_rejects, index_skipped
 from packer.plan.history import ConfigHistory, ConfigVersion
 from packer.plan.split import split_index
@@ -45,6 +46,9 @@ class ServiceJob:
     ) -> None:
         # The service's one settings object: its limits, the held-out split, streams.
         self.settings = settings or ServiceSettings()
+        # The class names travel with every stream (packer.contract.classes); the counts
+        # and warnings are the whole data set's, shown by navit serve and /stats.
+        self.classes = class_summary(index, dataset or "the data set")
         # The held-out images leave the index before anything plans it: no stream, no
         # /simulate and no count of the job's images includes them.
         index, held_out = split_index(
@@ -89,6 +93,7 @@ class ServiceJob:
             self.config_control.patch_size,
             self.config_control.seq_len,
             self.config_control.current.version,
+            class_names=self.classes.classes,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -103,6 +108,7 @@ class ServiceJob:
             "images": self.num_images,
             "valid_images": self.num_valid_images,
             "max_in_flight": self.settings.max_in_flight,
+            **self.classes.to_dict(),
         }
 
     def update_config(

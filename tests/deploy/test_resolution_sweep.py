@@ -26,7 +26,7 @@ CHANCE = 0.25  # 4 classes
 def test_model_scores_above_chance_on_held_out_images_at_a_trained_resolution(
     sample_model: SampleModel,
 ):
-    model, _ = load_trained_model(sample_model.checkpoint)
+    model, _, _ = load_trained_model(sample_model.checkpoint)
     (row,) = sweep_dataset(model, sample_model.val, [48])  # trained on 32-64 px
     n = row.result.labelled
     assert n == sample_model.val.num_rows > 40
@@ -38,7 +38,7 @@ def test_model_scores_above_chance_on_held_out_images_at_a_trained_resolution(
 def test_tokens_per_image_are_the_grids_of_each_resolution(
     sample_model: SampleModel, res_mode: str
 ):
-    model, _ = load_trained_model(sample_model.checkpoint)
+    model, _, _ = load_trained_model(sample_model.checkpoint)
     resolutions = [32, 64, 96, 128]
     rows = sweep_dataset(model, sample_model.val, resolutions, res_mode)
     widths = sample_model.val.column("width").to_numpy()
@@ -55,7 +55,7 @@ def test_tokens_per_image_are_the_grids_of_each_resolution(
 
 def test_the_same_checkpoint_gives_the_same_numbers_twice(sample_model: SampleModel):
     def scores() -> list[tuple]:
-        model, _ = load_trained_model(sample_model.checkpoint)
+        model, _, _ = load_trained_model(sample_model.checkpoint)
         rows = sweep_dataset(model, sample_model.val, [32, 64, 96], batch_size=3)
         return [(r.result.accuracy, r.result.loss, r.result.tokens, r.result.images) for r in rows]
 
@@ -65,7 +65,7 @@ def test_the_same_checkpoint_gives_the_same_numbers_twice(sample_model: SampleMo
 def test_a_packed_folder_scores_as_the_same_images_packed_in_process(
     sample_model: SampleModel, tmp_path
 ):
-    model, _ = load_trained_model(sample_model.checkpoint)
+    model, _, _ = load_trained_model(sample_model.checkpoint)
     config = fixed_resolution_config(64, PATCH)
     write_packed_folder(sample_model.val, config, tmp_path / "val")
     packed = evaluate_packed(model, tmp_path / "val")
@@ -80,7 +80,7 @@ def test_a_packed_folder_scores_as_the_same_images_packed_in_process(
 
 
 def test_a_resolution_below_the_patch_is_refused_before_any_packing(sample_model: SampleModel):
-    model, _ = load_trained_model(sample_model.checkpoint)
+    model, _, _ = load_trained_model(sample_model.checkpoint)
     with pytest.raises(ConfigError, match="resolution"):
         sweep_dataset(model, sample_model.val, [64, 8])
 
@@ -96,7 +96,7 @@ def test_bad_resolution_lists_say_what_is_wrong(text, message):
 
 
 def test_table_and_plot_show_every_row(sample_model: SampleModel, tmp_path):
-    model, _ = load_trained_model(sample_model.checkpoint)
+    model, _, _ = load_trained_model(sample_model.checkpoint)
     rows = sweep_dataset(model, sample_model.val, [32, 64])
     table = format_table(rows).splitlines()
     assert table[0].split()[0] == "resolution" and len(table) == 3

@@ -364,3 +364,23 @@ def test_the_state_store_follows_a_stalled_stream(start, tmp_path):
     assert seen[-1][1] >= k - 1
     reader.cancel()
     client.close()
+
+
+def test_get_schema_and_every_do_get_name_the_data_sets_classes(start):
+    from packer.contract.classes import schema_class_names
+
+    service = start()
+    names = ["checkers", "circles", "squares", "stripes"]  # the sample's class folders
+    client = connect(service.flight_location)
+    try:
+        descriptor = flight.FlightDescriptor.for_command(
+            b'{"rank": 0, "world_size": 1, "epoch": 0}'
+        )
+        assert schema_class_names(client.get_schema(descriptor).schema) == names
+        reader = client.do_get(ticket(0, 2, 0))
+        assert schema_class_names(reader.schema) == names
+        reader.cancel()
+    finally:
+        client.close()
+    stats = httpx.get(f"{service.api_url}/stats").json()
+    assert stats["classes"] == names and sum(stats["images_per_class"].values()) > 0

@@ -96,7 +96,7 @@ def test_trained_model_loads_with_its_weights_config_and_step(tmp_path):
         source=str(source), steps=3, num_classes=4, progress=False, ckpt_dir=str(tmp_path / "r")
     )
     train(config)
-    model, step = load_trained_model(tmp_path / "r" / "checkpoint.pt")
+    model, step, _ = load_trained_model(tmp_path / "r" / "checkpoint.pt")
     state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
     assert step == 3 and not model.training
     assert model.config.num_classes == 4 and model.config.patch_size == 4

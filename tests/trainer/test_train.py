@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.trainer.trainer_synthetic import write_learnable_folder
-from trainer.config import TrainConfig
+from trainer.config import ConfigMismatch, TrainConfig
 from trainer.train import lr_factor, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,8 +91,28 @@ def test_num_classes_comes_from_classes_json(tmp_path):
     train(TrainConfig(source=str(source), steps=1, ckpt_dir=str(tmp_path / "ckpt"), progress=False))
     checkpoint = torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=True)
     assert checkpoint["model_config"]["num_classes"] == 5
+    assert checkpoint["class_names"] == ["red", "green", "blue", "yellow", "x"]
     cursor = {"rank": 0, "world_size": 1, "epoch": 0, "next_batch": 1}
     assert checkpoint["cursor"] == cursor and checkpoint["step"] == 1
+
+
+def test_a_num_classes_the_data_contradicts_is_refused_not_resized(tmp_path):
+    source = write_learnable_folder(tmp_path / "packed", epochs=1, batches=1, seq_len=32)
+    (source / "classes.json").write_text(json.dumps(["ants", "bees"]))
+    config = TrainConfig(source=str(source), steps=1, ckpt_dir=str(tmp_path), progress=False)
+    with pytest.raises(ConfigMismatch, match="--num-classes 1000 disagrees with the 2 classes"):
+        train(config.replace(num_classes=1000))
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_resuming_on_data_of_other_classes_is_refused(tmp_path):
+    source = write_learnable_folder(tmp_path / "packed", epochs=1, batches=2, seq_len=32)
+    (source / "classes.json").write_text(json.dumps(["a", "b", "c", "d"]))
+    config = TrainConfig(source=str(source), steps=2, ckpt_dir=str(tmp_path), progress=False)
+    train(config.replace(stop_at=1))
+    (source / "classes.json").write_text(json.dumps(["d", "c", "b", "a"]))
+    with pytest.raises(ConfigMismatch, match="not the checkpoint's"):
+        train(config.replace(resume=True))
 
 
 def test_labels_beyond_num_classes_are_an_error(learnable, tmp_path):

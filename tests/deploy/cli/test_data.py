@@ -42,6 +42,26 @@ def test_sample_data_then_simulate_predicts_from_the_headers(tmp_path: Path) -> 
     stats = json.loads(simulated.stdout)
     assert stats["images_in"] == 12
     assert stats["images_packed"] + stats["images_rejected"] == 12
+    assert stats["classes"] == ["checkers", "circles", "squares", "stripes"]
+    assert sum(stats["images_per_class"].values()) == 12
+    assert simulated.stderr == ""  # nothing to warn about
+    plain = navit("simulate", str(tmp_path / "images"), "--set", "max_res=128")
+    assert "  4 classes: checkers 3, circles 3, squares 3, stripes 3" in plain.stdout.splitlines()
+
+
+def test_a_root_of_split_folders_is_warned_about_naming_the_folder_to_give(
+    tmp_path: Path,
+) -> None:
+    from packer.sample_data import write_sample_dataset
+
+    write_sample_dataset(tmp_path / "data" / "train", 8, seed=1)
+    write_sample_dataset(tmp_path / "data" / "val", 4, seed=2)
+    done = navit("simulate", str(tmp_path / "data"), "--set", "max_res=128", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["classes"] == ["train", "val"]
+    (warning,) = done.stderr.strip().splitlines()
+    assert warning.startswith("navit simulate: warning:") and "split" in warning
+    assert str(tmp_path / "data" / "train") in warning
 
 
 def test_a_bad_override_exits_2_with_one_line_naming_the_field(tmp_path: Path) -> None:

@@ -130,3 +130,48 @@ def test_a_split_of_a_packed_source_is_refused(sample_model: SampleModel, capsys
         *_split_flags(),
     )
     assert code == 2 and "--val-fraction splits a data set" in err
+
+
+def _copy_class(sample_model: SampleModel, name: str, to: Path, as_name: str | None = None):
+    import shutil
+
+    shutil.copytree(sample_model.data / name, to / (as_name or name))
+
+
+def test_a_folder_of_one_class_is_scored_by_class_name_not_by_position(
+    sample_model: SampleModel, capsys, tmp_path
+):
+    import pyarrow.compute as pc
+
+    from deploy.resolution_sweep import sweep_dataset
+    from trainer.checkpoint import load_trained_model
+
+    # circles is the model's class 1; alone in a folder its images are labelled 0.
+    _copy_class(sample_model, "circles", tmp_path / "only")
+    code, out, err = _eval(
+        capsys,
+        *("--ckpt", str(sample_model.checkpoint), "--source", str(tmp_path / "only")),
+        *("--resolutions", "64", "--json", "--device", "cpu"),
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["classes"] == ["checkers", "circles", "squares", "stripes"]
+    (row,) = report["rows"]
+    # The same images scored inside the whole data set, where their label is 1.
+    model, _, _ = load_trained_model(sample_model.checkpoint)
+    circles = sample_model.index.filter(pc.equal(sample_model.index.column("label"), 1))
+    (expected,) = sweep_dataset(model, circles, [64])
+    assert row["images"] == circles.num_rows
+    assert row["accuracy"] == expected.result.accuracy > 0.5
+
+
+def test_a_class_the_checkpoint_does_not_know_is_one_line_and_exit_2(
+    sample_model: SampleModel, capsys, tmp_path
+):
+    _copy_class(sample_model, "circles", tmp_path / "data")
+    _copy_class(sample_model, "squares", tmp_path / "data", as_name="wasps")
+    code, out, err = _eval(
+        capsys, "--ckpt", str(sample_model.checkpoint), "--source", str(tmp_path / "data")
+    )
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "'wasps'" in err

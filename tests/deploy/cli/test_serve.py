@@ -103,6 +103,8 @@ def test_serve_runs_and_stops_on_sigterm(sample_dataset, index_cache_dir, tmp_pa
         assert line, process.stderr.read()
         serving = json.loads(line)["serving"]
         assert serving["flight"].startswith("grpc+tcp://127.0.0.1:")
+        assert serving["classes"] == ["checkers", "circles", "squares", "stripes"]
+        assert set(serving["images_per_class"]) == set(serving["classes"])
         ready = httpx.get(f"{serving['api']}/readyz", timeout=30)
         assert ready.status_code == 200
         assert httpx.get(f"{serving['api']}/config").json()["config"]["seq_len"] == 128

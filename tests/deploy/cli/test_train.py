@@ -160,3 +160,41 @@ def test_module_runs_on_its_own_and_imports_no_ray_service_or_packer_core():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def sample_service(tmp_path_factory):
+    """The packer service's job and Flight server on 24 sample images (4 classes), filled
+    in this process (no Ray)."""
+    from packer.index.cache import load_index
+    from packer.sample_data import write_sample_dataset
+    from service.flight import PackedFlightServer
+    from service.job import ServiceJob
+    from service.state import StateStore
+    from tests.service.service_testkit import SMALL_CONFIG, InProcessFill
+
+    data = tmp_path_factory.mktemp("stream-data") / "images"
+    write_sample_dataset(data, 24, seed=2)
+    job = ServiceJob(load_index(str(data)), SMALL_CONFIG, StateStore(None), fill=InProcessFill())
+    server = PackedFlightServer(job, "127.0.0.1", 0)
+    yield f"grpc://127.0.0.1:{server.port}"
+    server.shutdown()
+
+
+def test_the_head_is_sized_from_the_class_names_the_stream_carries(sample_service, tmp_path):
+    argv = ["--source", sample_service, "--steps", "2", "--ckpt", str(tmp_path), "--no-progress"]
+    assert run(parse(argv)) == 0
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert checkpoint["class_names"] == ["checkers", "circles", "squares", "stripes"]
+    assert checkpoint["model_config"]["num_classes"] == 4
+
+
+def test_a_num_classes_the_stream_contradicts_is_one_line_and_exit_2(
+    sample_service, tmp_path, capsys
+):
+    argv = ["--source", sample_service, "--steps", "2", "--ckpt", str(tmp_path)]
+    assert run(parse([*argv, "--num-classes", "1000", "--no-progress"])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--num-classes 1000 disagrees with the 4 classes" in err
+    assert not (tmp_path / "checkpoint.pt").exists()
