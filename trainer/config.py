@@ -70,7 +70,16 @@ class TrainConfig:
     token_file: str | None = _option(
         None, "file holding the bearer token (default: env NAVIT_TOKEN)"
     )
-    eval_source: str | None = _option(None, "packed folder for evaluation")
+    eval_source: str | None = _option(
+        None,
+        "data to evaluate on: a packed folder, or an image folder, WebDataset or Parquet "
+        "source (packed once at --eval-resolution when training starts)",
+    )
+    eval_resolution: int | None = _option(
+        None,
+        "resolution an unpacked --eval-source is packed at (default: the largest square "
+        "image one sequence of the training data holds: patch * floor(sqrt(seq_len)))",
+    )
     eval_every: int = _option(0, "evaluate every N steps (0: at the end only)")
     seed: int = _option(0, "seed of the model init")
     log_every: int = _option(1, "write a metrics line every N steps")
@@ -91,7 +100,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name}: must be a non-negative integer, got {value!r}")
-        for name in ("stop_at", "num_classes", "world_size"):
+        for name in ("stop_at", "num_classes", "world_size", "eval_resolution"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")

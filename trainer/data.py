@@ -75,17 +75,29 @@ def source_class_names(
     schema metadata, a packed folder's classes.json; None when it carries none."""
     if not is_flight_source(source):
         return read_class_names(Path(source))
+    schema = source_schema(source, cursor, token)
+    return schema_class_names(schema) if schema is not None else None
+
+
+def source_schema(
+    source: str | os.PathLike[str], cursor: Cursor, token: str | None = None
+) -> pa.Schema | None:
+    """The packed schema of a source (its metadata names patch_size and seq_len): a
+    Flight stream's get_schema, a packed folder's first batch file; None from a Flight
+    server that does not answer get_schema."""
+    if not is_flight_source(source):
+        folder = PackedFolder(Path(source))
+        return read_batch_file(folder.batch_files(0)[0]).schema
     from pyarrow import flight
 
     client = flight.FlightClient(str(source))
     try:
         descriptor = flight.FlightDescriptor.for_command(cursor.to_ticket())
-        schema = client.get_schema(descriptor, _call_options(token)).schema
+        return client.get_schema(descriptor, _call_options(token)).schema
     except pa.ArrowNotImplementedError:
-        return None  # a Flight server that is not navit's: it names no classes
+        return None  # a Flight server that is not navit's
     finally:
         client.close()
-    return schema_class_names(schema)
 
 
 def _call_options(token: str | None) -> Any:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from packer.contract.classes import UnknownClasses, label_mapping
 from packer.contract.cursor import Cursor
 from packer.contract.schema import PackedBatch
 from trainer.checkpoint import (
@@ -51,7 +52,13 @@ from trainer.checkpoint import (
     save_on_main,
 )
 from trainer.config import CHECKPOINT_NAME, METRICS_NAME, ConfigMismatch, TrainConfig
-from trainer.data import iter_batches, source_class_names, to_device
+from trainer.data import (
+    PackedFolder,
+    is_flight_source,
+    iter_batches,
+    source_class_names,
+    to_device,
+)
 from trainer.distributed import autocast, pick_device, process_group, wrap_model
 from trainer.evaluate import evaluate
 from trainer.metrics import MetricsLog, step_record, throughput
@@ -77,6 +84,7 @@ def train(config: TrainConfig, token: str | None = None) -> list[dict[str, Any]]
         # The data comes first: the model's patch size is the data's.
         stream, patch_size, first_wait = _open_stream(config, cursor, token)
         class_names = _class_names(config, cursor, token, checkpoint)
+        _check_eval_source(config, cursor, class_names)
         model = _build(config, checkpoint, patch_size, class_names, device)
         log = MetricsLog(
             Path(config.ckpt_dir) / METRICS_NAME if rank == 0 else None,
@@ -207,6 +215,29 @@ def _class_names(
     if names == []:
         warnings.warn(f"{config.source}: the data names no classes", stacklevel=2)
     return names
+
+
+def _check_eval_source(config: TrainConfig, cursor: Cursor, class_names: list[str] | None) -> None:
+    """Refuse an --eval-source that cannot be scored before the first step (not after the
+    last): not a packed folder or stream, or naming a class the head does not know."""
+    source = config.eval_source
+    if source is None:
+        return
+    if not is_flight_source(source):
+        try:
+            PackedFolder(Path(source))
+        except (OSError, ValueError) as error:
+            raise ConfigMismatch(
+                f"--eval-source {source}: {error} (an image folder, WebDataset or Parquet "
+                "source is packed by navit train and navit pretrain; where only the trainer "
+                "is installed, pack it with navit pack first)"
+            ) from None
+    names = source_class_names(source, Cursor(cursor.rank, cursor.world_size))
+    if names is not None and class_names is not None:
+        try:
+            label_mapping(names, class_names)
+        except UnknownClasses as error:
+            raise ConfigMismatch(f"--eval-source {source}: {error}") from None
 
 
 def _shown(names: list[str]) -> str:

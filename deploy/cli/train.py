@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import trainer.train as training
 from deploy.cli.options import add_dataclass_arguments, dataclass_from_args
 from packer.contract.auth import read_token
+from packer.contract.cursor import Cursor
 from trainer.config import ConfigMismatch, TrainConfig
+from trainer.data import source_schema
 
 REQUIRED = ("source", "steps")
 
@@ -35,10 +38,40 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:  # a bad value names its field, a bad token file its path
         return _usage_error(e)
     try:
+        config = packed_eval_source(config, token)
         training.train(config, token=token)
     except ConfigMismatch as e:  # --num-classes against the data, a resume on other data
         return _usage_error(e)
     return 0
+
+
+def packed_eval_source(config: TrainConfig, token: str | None) -> TrainConfig:
+    """`config` with an unpacked --eval-source (an image folder, WebDataset, Parquet)
+    packed into ckpt_dir/eval/rank-R at --eval-resolution (deploy/eval_source.py): the
+    trainer scores packed batches only. A source that cannot be packed is ConfigMismatch."""
+    source = config.eval_source
+    if source is None:
+        return config
+    try:
+        from deploy.eval_source import default_resolution, is_unpacked, pack_eval_source
+    except ImportError:  # the trainer image: torch and pyarrow, no packer
+        return config
+    if not is_unpacked(source):
+        return config
+    rank, world_size = config.resolved_rank()
+    schema = source_schema(config.source, Cursor(rank, world_size), token)
+    metadata = (schema.metadata if schema is not None else None) or {}
+    patch_size = int(metadata.get(b"patch_size", 16))
+    seq_len = int(metadata.get(b"seq_len", 256))
+    resolution = config.eval_resolution or default_resolution(patch_size, seq_len)
+    out = Path(config.ckpt_dir) / "eval" / f"rank-{rank}"
+    try:
+        packed = pack_eval_source(source, out, resolution, patch_size, seq_len)
+    except (ValueError, OSError) as error:  # DatasetError, ConfigError: one line, exit 2
+        raise ConfigMismatch(f"--eval-source {source}: {error}") from None
+    if rank == 0:
+        print(f"--eval-source {source}: {packed} images packed at {resolution} px into {out}")
+    return config.replace(eval_source=str(out))
 
 
 def _usage_error(error: Exception) -> int:

@@ -7,8 +7,9 @@ log, the /stats samples and the checkpoint's step.
       events.jsonl                   what the supervisor did, with process ids
       pretrain.png                   the plot
       service-ready.json             the service's ready file while it serves
-      state/ logs/ val/              the service's state, the children's logs, the
-                                     held-out split packed once
+      state/ logs/ val/ eval/        the service's state, the children's logs, the
+                                     held-out split and an unpacked --eval-source,
+                                     each packed once
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ RUN_FILES = (
     "pretrain.png",
     READY_FILE,
 )
-RUN_DIRS = ("state", "logs", VAL_DIR)
+RUN_DIRS = ("state", "logs", VAL_DIR, "eval")
 
 
 class RunDir:

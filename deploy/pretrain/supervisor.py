@@ -35,6 +35,9 @@ __all__ = ["READY_FILE", "RUN_ENV", "Pretrain"]
 RUN_ENV = "NAVIT_PRETRAIN_RUN"
 
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# A trainer that exits with this code refused what it was asked (`navit train`: a bad flag,
+# a --num-classes the data contradicts): a restart would fail the same way.
+EXIT_USAGE = 2
 POLL_INTERVAL_S = 0.2
 
 
@@ -53,6 +56,7 @@ class Pretrain:
         self.restarts = 0
         self.restart_steps: list[int] = []
         self.stop_signal: int | None = None
+        self.usage_error = False
         self.output = ProgressLine(self.trainer_config.steps, bar=options.progress)
         self.watch = RunWatch(self.run_dir, self.output, options.trainers)
         self._force = False
@@ -95,6 +99,8 @@ class Pretrain:
     def _exit_code(self, failed: bool) -> int:
         if self.stop_signal is not None:
             return EXIT_INTERRUPTED[signal.Signals(self.stop_signal)]
+        if self.usage_error:
+            return EXIT_USAGE
         return 1 if failed else 0
 
     def _prepare_run_dir(self) -> None:
@@ -124,8 +130,23 @@ class Pretrain:
         for warning in classes.warnings:
             self.output.say(f"warning: {warning}")
         self.run_dir.event("dataset", **classes.to_dict(), warnings=classes.warnings)
+        if self.trainer_config.eval_source is not None:
+            self._pack_eval_source(self.trainer_config.eval_source)
         if self.options.val_fraction > 0:
             self._pack_validation(index)
+
+    def _pack_eval_source(self, source: str) -> None:
+        """A given --eval-source that is not packed yet is packed once, into run_dir/eval,
+        at the packing config's max_res (as the validation split); the trainers score it."""
+        from deploy.eval_source import is_unpacked, pack_eval_source
+
+        if not is_unpacked(source):
+            return
+        config = self.options.packing_config()
+        folder = self.run_dir.path / "eval"
+        packed = pack_eval_source(source, folder, config.max_res, config.patch_size, config.seq_len)
+        self.output.say(f"--eval-source {source}: {packed} images packed at {config.max_res} px")
+        self.trainer_config = self.trainer_config.replace(eval_source=str(folder))
 
     def _pack_validation(self, index: Any) -> None:
         """The held-out split into run_dir/val, scored by the trainers (validation.py)."""
@@ -189,6 +210,10 @@ class Pretrain:
             if self.ranks.finished():
                 return False
             failed = self.ranks.failed()
+            refused = [child for child in failed if child.poll() == EXIT_USAGE]
+            if refused:
+                self._refused(refused[0])
+                return True
             if failed:
                 if not self._restart(failed):
                     return True
@@ -196,6 +221,15 @@ class Pretrain:
                 self.output.say("\n".join(failure_lines(self.service)))
                 return True
             time.sleep(POLL_INTERVAL_S)
+
+    def _refused(self, child: Child) -> None:
+        """A rank refused its flags or data: stop the job now with the rank's one line
+        (restarting would fail the same way)."""
+        self.usage_error = True
+        self.run_dir.event("trainer_refused", name=child.name, pid=child.pid, code=EXIT_USAGE)
+        line = next((x for x in reversed(child.tail(20).splitlines()) if x.strip()), "")
+        self.output.say(f"{child.name} refused to start: {line.strip() or 'exit 2'}")
+        self.output.say("stopping the job (a restart would fail the same way)")
 
     def _restart(self, failed: list[Child]) -> bool:
         """Restart every rank (DDP ranks cannot go on without one) from the checkpoint."""

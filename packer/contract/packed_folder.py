@@ -89,6 +89,15 @@ def epoch_folders(root: Path) -> list[Path]:
     raise FileNotFoundError(f"{root}: no epoch-NNN folders and no batch-*.arrow files")
 
 
+def is_packed_folder(root: str | os.PathLike[str]) -> bool:
+    """Whether `root` is a packed folder (epoch folders or batch files), not a data set."""
+    try:
+        epoch_folders(Path(root))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def batch_files(epoch_dir: Path) -> list[Path]:
     """An epoch folder's batch files in global batch order; ValueError naming any gap."""
     numbered = sorted(

@@ -103,6 +103,7 @@ def test_flags_keep_the_names_and_defaults_of_navit_train():
         "num_classes": None,
         "token_file": None,
         "eval_source": None,
+        "eval_resolution": None,
         "eval_every": 0,
         "seed": 0,
         "log_every": 1,
@@ -198,3 +199,26 @@ def test_a_num_classes_the_stream_contradicts_is_one_line_and_exit_2(
     assert len(err.splitlines()) == 1
     assert "--num-classes 1000 disagrees with the 4 classes" in err
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_an_image_folder_as_eval_source_is_packed_when_training_starts(sample_service, tmp_path):
+    from packer.sample_data import write_sample_dataset
+
+    write_sample_dataset(tmp_path / "val", 8, seed=9)
+    argv = ["--source", sample_service, "--steps", "2", "--ckpt", str(tmp_path / "run")]
+    argv += ["--eval-source", str(tmp_path / "val"), "--eval-resolution", "64", "--no-progress"]
+    assert run(parse(argv)) == 0
+    (last,) = [r for r in read_metrics(tmp_path / "run") if r.get("eval")]
+    assert last["eval_images"] == 8
+    assert (tmp_path / "run" / "eval" / "rank-0" / "classes.json").exists()
+
+
+def test_an_eval_source_that_cannot_be_read_stops_before_the_first_step(
+    sample_service, tmp_path, capsys
+):
+    argv = ["--source", sample_service, "--steps", "2", "--ckpt", str(tmp_path)]
+    argv += ["--eval-source", str(tmp_path / "nowhere"), "--no-progress"]
+    assert run(parse(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--eval-source" in err and "nowhere" in err
+    assert not (tmp_path / "metrics.jsonl").exists()

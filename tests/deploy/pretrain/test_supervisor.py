@@ -199,6 +199,40 @@ def test_a_service_that_dies_before_ready_fails_the_run_with_its_log(
 
 @pytest.mark.slow
 @pytest.mark.timeout(200)
+def test_an_image_folder_as_eval_source_is_packed_once_and_scored(
+    dataset: Path, tmp_path: Path, runs: list[Run]
+) -> None:
+    from packer.sample_data import write_sample_dataset
+
+    write_sample_dataset(tmp_path / "eval-images", 6, seed=11)
+    source = f"--eval-source={tmp_path / 'eval-images'}"
+    run = Run(dataset, tmp_path / "run", "--steps=3", "--val-fraction=0", source)
+    runs.append(run)
+    assert run.wait(150) == 0, run.text()
+    evals = [m for m in run.metrics() if m.get("eval")]
+    assert evals and evals[-1]["eval_images"] == 6
+    assert "6 images packed at 128 px" in run.text()
+    assert not run.events("restart")
+    assert_nothing_left(run)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_a_trainer_that_refuses_its_flags_stops_the_job_at_once_without_restarts(
+    dataset: Path, tmp_path: Path, runs: list[Run]
+) -> None:
+    # The sample data names 4 classes: --num-classes 7 is a usage error of every rank.
+    run = Run(dataset, tmp_path / "run", "--steps=5", "--num-classes=7", "--trainers=2")
+    runs.append(run)
+    assert run.wait(150) == 2, run.text()
+    text = run.text()
+    assert "refused to start: navit train: error: --num-classes 7 disagrees" in text
+    assert not run.events("restart") and len(run.events("trainers_started")) == 1
+    assert_nothing_left(run)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 @pytest.mark.parametrize(
     "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name
 )
