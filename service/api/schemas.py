@@ -83,15 +83,6 @@ class ConfigVersionOut(BaseModel):
     config: PackingConfigModel  # type: ignore[valid-type]
 
 
-class ConfigResponse(BaseModel):
-    version: int
-    etag: str
-    effective_from: EffectiveFrom
-    config: PackingConfigModel  # type: ignore[valid-type]
-    changed: list[str] = Field(default_factory=list, description="fields this PATCH changed")
-    history: list[ConfigVersionOut]
-
-
 class PackingStatsOut(BaseModel):
     """packer.plan.stats.PackingStats.to_dict(), field for field (a test holds it)."""
 
@@ -125,6 +116,29 @@ class PackingStatsOut(BaseModel):
     elapsed_s: float
     images_per_s: float | None
     tokens_per_s: float | None
+
+
+class ConfigPredictionOut(BaseModel):
+    sample_size: int = Field(description="images of the job the prediction simulated")
+    predicted: PackingStatsOut = Field(description="the new config's simulated stats")
+    current: PackingStatsOut = Field(description="the config it replaces, on the same sample")
+
+
+class ConfigResponse(BaseModel):
+    version: int
+    etag: str
+    effective_from: EffectiveFrom
+    config: PackingConfigModel  # type: ignore[valid-type]
+    changed: list[str] = Field(default_factory=list, description="fields this PATCH changed")
+    history: list[ConfigVersionOut]
+    prediction: ConfigPredictionOut | None = Field(
+        None, description="a PATCH that changed something: the simulator's figures"
+    )
+    warning: str | None = Field(
+        None,
+        description="the current config's change is predicted to lose more than 2 points of "
+        "packing efficiency",
+    )
 
 
 class RatesOut(BaseModel):
@@ -244,6 +258,10 @@ class StatsResponse(BaseModel):
     skipped_by_extension: dict[str, int] = Field(
         description="files of the dataset that are not dataset files, by extension"
     )
+    config_warning: str | None = Field(
+        None, description="the current config's change is predicted to lose packing efficiency"
+    )
+    class_warnings: list[str] = Field(description="what is odd about the data set's classes")
     ranks: list[RankOut]
     streams: StreamsOut
     trainers: list[TrainerOut]

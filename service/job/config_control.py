@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,20 @@ log = logging.getLogger("navit.service")
 
 # Fields that fix the Arrow schema of a stream (fixed-size lists of seq_len, patch_dim).
 SCHEMA_FIELDS = ("patch_size", "seq_len")
+# A change predicted to lose more packing efficiency than this is answered with a warning.
+WARN_LOSS = 0.02
+
+
+@dataclass(frozen=True)
+class ConfigPrediction:
+    """What the simulator predicts of a config change, on a sample of the job's images:
+    the new config's stats next to the old one's, and a warning when it loses more than
+    WARN_LOSS of packing efficiency."""
+
+    sample_size: int
+    predicted: dict[str, Any]  # PackingStats.to_dict() of the new config
+    current: dict[str, Any]  # of the config it replaces, on the same sample
+    warning: str | None
 
 
 def index_fingerprint(index: pa.Table) -> str:
@@ -66,6 +81,7 @@ class ConfigControl:
         self._change_lock = threading.Lock()  # one config change at a time
         self.history = self._load_history(config)
         self.planners = EpochPlanners(index, self.history, state)
+        self.warnings: dict[int, str] = {}  # config version -> its change's warning
 
     def _load_history(self, config: PackingConfig) -> ConfigHistory:
         fingerprint = index_fingerprint(self.index)
@@ -167,6 +183,35 @@ class ConfigControl:
             changed,
         )
         return entry, changed
+
+    def predict(
+        self, before: PackingConfig, after: PackingConfig, version: int
+    ) -> ConfigPrediction:
+        """The simulator on the default sample, `after` against `before`; a loss of more
+        than WARN_LOSS packing efficiency is a warning, kept for `version` (the dashboard
+        and /stats show the current version's)."""
+        sample = self.sample_index(self.settings.simulate_default_sample)
+        predicted = simulate(sample, ConfigHistory.start(after)).to_dict()
+        current = simulate(sample, ConfigHistory.start(before)).to_dict()
+        new, old = predicted["packing_efficiency"], current["packing_efficiency"]
+        warning = None
+        if old - new > WARN_LOSS:
+            changed = ", ".join(
+                f"{k}={v}" for k, v in after.to_dict().items() if v != before.to_dict()[k]
+            )
+            warning = (
+                f"config version {version} ({changed}) is predicted to pack at "
+                f"{100 * new:.2f}% against {100 * old:.2f}% before ({100 * (new - old):+.2f} "
+                f"points, simulated on {sample.num_rows} of the job's images); PATCH the old "
+                "values back to undo it"
+            )
+            self.warnings[version] = warning
+        return ConfigPrediction(sample.num_rows, predicted, current, warning)
+
+    @property
+    def warning(self) -> str | None:
+        """The warning of the current config's change, if it had one."""
+        return self.warnings.get(self.current.version)
 
     # -- what-if -----------------------------------------------------------------------
 

@@ -65,6 +65,17 @@ function drawCards(stats) {
     card.querySelector(".k").textContent = k;
     root.appendChild(card);
   }
+  // What the service warns about: a config change predicted to lose packing efficiency,
+  // and odd classes (split folders given as classes, no labels, one class for nearly all).
+  const warnings = [stats.config_warning, ...(stats.class_warnings || [])].filter(Boolean);
+  const box = document.getElementById("warnings");
+  box.innerHTML = "";
+  for (const text of warnings) {
+    const line = document.createElement("div");
+    line.textContent = "warning: " + text;
+    box.appendChild(line);
+  }
+  document.body.dataset.warnings = warnings.length;
   document.getElementById("subtitle").textContent =
     `${stats.dataset} · ${stats.valid_images} images · up ${fmt(stats.uptime_s, 0)} s · ` +
     `${stats.streams.active} open streams`;

@@ -13,11 +13,14 @@ from service.api.schemas import (
     BAD_BODY,
     UNAUTHORIZED,
     ConfigPatch,
+    ConfigPredictionOut,
     ConfigResponse,
     ErrorResponse,
+    PackingStatsOut,
     patch_values,
 )
 from service.job import ConfigConflict, ServiceJob, VersionMismatch
+from service.job.config_control import ConfigPrediction
 
 router = APIRouter(tags=["config"])
 
@@ -41,7 +44,12 @@ def parse_if_match(value: str | None, current: int) -> int | None:
     return -1
 
 
-def _response(job: ServiceJob, entry: ConfigVersion, changed: list[str]) -> ConfigResponse:
+def _response(
+    job: ServiceJob,
+    entry: ConfigVersion,
+    changed: list[str],
+    prediction: ConfigPrediction | None = None,
+) -> ConfigResponse:
     return ConfigResponse(
         version=entry.version,
         etag=etag(entry.version),
@@ -57,6 +65,16 @@ def _response(job: ServiceJob, entry: ConfigVersion, changed: list[str]) -> Conf
             }
             for e in list(job.history.entries)
         ],
+        prediction=(
+            ConfigPredictionOut(
+                sample_size=prediction.sample_size,
+                predicted=PackingStatsOut.model_validate(prediction.predicted),
+                current=PackingStatsOut.model_validate(prediction.current),
+            )
+            if prediction is not None
+            else None
+        ),
+        warning=job.config_control.warning,
     )
 
 
@@ -87,8 +105,11 @@ def patch_config(
 ) -> ConfigResponse:
     """Change packing fields; they apply from the next unplanned pack window, and every
     batch planned from there carries the new config_version. patch_size and seq_len
-    fix the stream's Arrow schema, so changing them is a 409."""
+    fix the stream's Arrow schema, so changing them is a 409. The answer holds the
+    simulator's prediction for the new config next to the old one's, and a `warning`
+    when it is predicted to lose more than 2 points of packing efficiency."""
     expected = parse_if_match(if_match, job.config_version.version)
+    before = job.config_version.config
     try:
         entry, changed = job.update_config(patch_values(patch), expected)
     except VersionMismatch as e:
@@ -102,4 +123,7 @@ def patch_config(
     except ConfigError as e:
         raise config_error_422(e, "body") from None
     response.headers["ETag"] = etag(entry.version)
-    return _response(job, entry, changed)
+    prediction = (
+        job.config_control.predict(before, entry.config, entry.version) if changed else None
+    )
+    return _response(job, entry, changed, prediction)

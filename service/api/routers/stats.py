@@ -64,6 +64,8 @@ def stats_response(job: ServiceJob, now: float | None = None) -> StatsResponse:
         rejected_by_reason=packing.rejected_by_reason,
         notes=packing.notes,
         skipped_by_extension=packing.skipped_by_extension,
+        config_warning=job.config_control.warning,
+        class_warnings=job.classes.warnings,
         ranks=[RankOut.model_validate(row) for row in job.rank_positions(now)],
         streams=StreamsOut(
             active=active, max_in_flight=job.settings.max_in_flight, max_in_flight_seen=max_seen

@@ -45,11 +45,31 @@ def test_patch_with_if_match_is_safe_against_concurrent_edits(api):
     assert api.patch("/config", json={"pack_window": 8}, headers={"If-Match": "*"}).is_success
 
 
+def test_a_patch_answers_with_the_prediction_and_warns_of_a_loss(api):
+    # One image per sequence leaves most of each 128-token sequence empty.
+    hurt = api.patch("/config", json={"max_images_per_seq": 1}).json()
+    prediction = hurt["prediction"]
+    assert prediction["sample_size"] > 0
+    before = prediction["current"]["packing_efficiency"]
+    after = prediction["predicted"]["packing_efficiency"]
+    assert after < before - 0.02
+    assert "predicted to pack at" in hurt["warning"] and "max_images_per_seq=1" in hurt["warning"]
+    # The dashboard's source shows the current version's warning; GET /config too.
+    assert api.get("/stats").json()["config_warning"] == hurt["warning"]
+    assert api.get("/config").json()["warning"] == hurt["warning"]
+    # Undoing it predicts the gain back, with no warning.
+    undo = api.patch("/config", json={"max_images_per_seq": SMALL_CONFIG.max_images_per_seq})
+    assert undo.json()["warning"] is None and api.get("/stats").json()["config_warning"] is None
+    gain = undo.json()["prediction"]
+    assert gain["predicted"]["packing_efficiency"] == before
+
+
 def test_patch_without_change_keeps_the_version(api):
     response = api.patch("/config", json={"seq_len": SMALL_CONFIG.seq_len})
     assert response.status_code == 200
     assert response.json()["version"] == 1
     assert response.json()["changed"] == []
+    assert response.json()["prediction"] is None
 
 
 @pytest.mark.parametrize("field", ["patch_size", "seq_len"])
