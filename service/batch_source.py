@@ -32,10 +32,13 @@ class ServiceStopping(Exception):
 class BatchSource(Protocol):
     """A source of rank streams. `open_rank_stream` raises TicketError for a cursor it
     cannot serve and ServiceStopping once the service is stopping; the stream itself may
-    raise ServiceStopping between batches."""
+    raise ServiceStopping between batches. `report_trainer` keeps a rank's step report
+    (packer.contract.report)."""
 
     def stream_schema(self) -> pa.Schema: ...
 
     def describe(self) -> dict[str, Any]: ...
 
     def open_rank_stream(self, cursor: Cursor) -> Iterator[OutgoingBatch]: ...
+
+    def report_trainer(self, rank: int, report: dict[str, Any]) -> dict[str, Any]: ...

@@ -28,6 +28,7 @@ class FixedBatchSource:
         self.batches_per_epoch = batches_per_epoch
         self._lock = threading.Lock()
         self.produced: dict[tuple[int, int], int] = {}  # (rank, world_size) -> batches taken
+        self.reports: dict[int, dict[str, Any]] = {}  # rank -> its latest step report
 
     def stream_schema(self) -> pa.Schema:
         return self.batches[0].schema
@@ -37,6 +38,11 @@ class FixedBatchSource:
             k.decode(): v.decode() for k, v in (self.stream_schema().metadata or {}).items()
         }
         return {"source": "fixed_batches", "batches_per_epoch": self.batches_per_epoch, **metadata}
+
+    def report_trainer(self, rank: int, report: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self.reports[rank] = report
+        return report
 
     def open_rank_stream(self, cursor: Cursor) -> Iterator[OutgoingBatch]:
         if cursor.next_batch > self.batches_per_epoch:

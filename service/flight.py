@@ -14,11 +14,15 @@ window allows, so a stalled client parks its stream's generator; behind it at mo
 `max_in_flight` fill tasks are pending (see service.job.streams). Every stream runs on its own
 gRPC thread, so the other ranks keep streaming.
 
+Trainers report their steps back with `do_action` of type `navit.report` (the body a
+packer.contract.report.StepReport), so /stats and the dashboard show each rank's data
+wait; list_actions lists it.
+
 Every failure a client can cause is a one-line Flight error with a reason (the client
 gets FlightServerError / FlightUnauthenticatedError / FlightUnavailableError), never a
-Python traceback and never a server path: a bad ticket names its field, the methods this
-service does not offer (do_put, do_exchange, do_action) say "not supported", and an
-unexpected failure is logged here and reported in one line. list_actions lists none.
+Python traceback and never a server path: a bad ticket or report names its field, the
+methods this service does not offer (do_put, do_exchange, other actions) say "not
+supported", and an unexpected failure is logged here and reported in one line.
 """
 
 from __future__ import annotations
@@ -32,12 +36,16 @@ import pyarrow.flight as flight
 
 from packer.contract.auth import AUTH_HEADER, bearer_headers, bearer_matches
 from packer.contract.cursor import Cursor, TicketError
+from packer.contract.report import REPORT_ACTION, StepReport
 from service.batch_source import BatchSource, OutgoingBatch, ServiceStopping
 
 log = logging.getLogger("navit.service.flight")
 
 STREAM_PATH = [b"navit", b"packed"]
-NOT_SUPPORTED = "not supported: this service streams with do_get (see list_flights)"
+NOT_SUPPORTED = (
+    f"not supported: this service streams with do_get (see list_flights) and takes "
+    f"{REPORT_ACTION} actions"
+)
 # A client sees at most this much of an error message.
 _MESSAGE_CHARS = 300
 
@@ -184,10 +192,20 @@ class PackedFlightServer(flight.FlightServerBase):
         raise flight.FlightServerError(NOT_SUPPORTED)
 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator:
-        raise flight.FlightServerError(NOT_SUPPORTED)
+        if action.type != REPORT_ACTION:
+            raise flight.FlightServerError(NOT_SUPPORTED)
+        try:
+            report = StepReport.from_bytes(action.body.to_pybytes())
+        except ValueError as e:
+            raise flight.FlightServerError(one_line(f"bad report: {e}")) from None
+        try:
+            self.source.report_trainer(report.rank, report.fields_for_the_service())
+        except Exception as e:  # noqa: BLE001 - one line to the client
+            raise _internal_error("do_action", e) from None
+        return iter([flight.Result(b"ok")])
 
     def list_actions(self, context: flight.ServerCallContext) -> list:
-        return []  # no actions: the streams are everything this service offers
+        return [(REPORT_ACTION, "a trainer rank's step report (packer.contract.report)")]
 
     def _info(
         self, descriptor: flight.FlightDescriptor, cursor: Cursor | None

@@ -63,6 +63,7 @@ from trainer.distributed import autocast, pick_device, process_group, wrap_model
 from trainer.evaluate import evaluate
 from trainer.metrics import MetricsLog, step_record, throughput
 from trainer.model import MODEL_INPUTS, NaViT, build_model
+from trainer.report import StepReporter
 
 DEFAULT_NUM_CLASSES = 1000
 
@@ -91,6 +92,7 @@ def train(config: TrainConfig, token: str | None = None) -> list[dict[str, Any]]
             start_step if checkpoint else None,
         )
         last_step = min(config.steps, config.stop_at or config.steps)
+        reporter = StepReporter(config.source, token, rank, world_size)
         show = config.progress and rank == 0
         bar = tqdm(total=config.steps, initial=start_step, disable=not show, unit="step")
         completed = start_step
@@ -109,7 +111,9 @@ def train(config: TrainConfig, token: str | None = None) -> list[dict[str, Any]]
                 loss_value = float(loss.item())  # syncs the device, so only on logged steps
                 step_s = time.perf_counter() - step_begin
                 record = step_record(step, cursor, batch, loss_value, int(correct), lr)
-                log.write(record | throughput(batch, step_s, data_wait))
+                record |= throughput(batch, step_s, data_wait)
+                log.write(record)
+                reporter.report(record)  # the service shows each rank's data wait
                 bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{record['accuracy']:.3f}")
             bar.update(1)
             if step != last_step and _every(step, config.ckpt_every):
@@ -117,6 +121,7 @@ def train(config: TrainConfig, token: str | None = None) -> list[dict[str, Any]]
             if step != last_step and config.eval_source and _every(step, config.eval_every):
                 log.write(model.evaluate(config.eval_source, step, rank, world_size, device))
         bar.close()
+        reporter.close()
         stream.close()  # stops the prefetch thread
         model.save(ckpt_path, completed, config.steps, cursor)
         if config.eval_source:

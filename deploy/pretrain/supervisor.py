@@ -58,7 +58,7 @@ class Pretrain:
         self.stop_signal: int | None = None
         self.usage_error = False
         self.output = ProgressLine(self.trainer_config.steps, bar=options.progress)
-        self.watch = RunWatch(self.run_dir, self.output, options.trainers)
+        self.watch = RunWatch(self.run_dir, self.output)
         self._force = False
 
     # -- lifecycle ---------------------------------------------------------------------

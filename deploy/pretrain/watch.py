@@ -1,5 +1,5 @@
 """What the supervisor follows while the job runs: rank 0's metrics, the service's /stats
-once a second, rank 0's step reports to the control plane, and the progress line.
+once a second, and the progress line.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ STATS_INTERVAL_S = 1.0
 class RunWatch:
     """The job's metrics and /stats samples as they come, and the line that shows them."""
 
-    def __init__(self, run_dir: RunDir, output: ProgressLine, world_size: int) -> None:
+    def __init__(self, run_dir: RunDir, output: ProgressLine) -> None:
         self.run_dir = run_dir
         self.output = output
-        self.world_size = world_size
         self.control: ControlPlane | None = None  # set once the service is up
         self.metrics = MetricsTail(run_dir.metrics)
         self.samples: list[dict[str, Any]] = []  # /stats over the run
@@ -29,15 +28,12 @@ class RunWatch:
         self._last_sample = 0.0
 
     def update(self) -> None:
-        """Read new metrics; sample /stats and report rank 0's step once a second; show."""
+        """Read new metrics; sample /stats once a second; show the line."""
         self.metrics.read()
         now = time.monotonic()
         if now - self._last_sample >= STATS_INTERVAL_S:
             self._last_sample = now
             self.sample_stats()
-            latest = self.metrics.latest
-            if self.control is not None and latest is not None:
-                self.control.report_trainer(latest, self.world_size)
         self.output.show(self.status())
 
     def status(self) -> str:

@@ -292,7 +292,16 @@ def test_every_client_caused_failure_is_a_one_line_flight_error():
             lambda: list(client.do_action(flight.Action("x" * 5000, b"\xff" * 5000))),
         ):
             assert "not supported" in _one_line_reason(call)
-        assert list(client.list_actions()) == []
+        assert [action.type for action in client.list_actions()] == ["navit.report"]
+        for body in (
+            b"{",
+            b'{"rank": 0}',
+            b'{"rank": 0, "step": -1, "step_time_s": 1, "data_wait_s": 0}',
+            b'{"step": 1, "x": 2}',
+        ):
+            action = flight.Action("navit.report", body)
+            assert "bad report" in _one_line_reason(lambda a=action: list(client.do_action(a)))
+        assert source.reports == {}
         for descriptor in (anywhere, flight.FlightDescriptor.for_command(deep)):
             assert client.get_schema(descriptor).schema.equals(record_batch.schema)
         # The server still serves.
@@ -384,3 +393,19 @@ def test_get_schema_and_every_do_get_name_the_data_sets_classes(start):
         client.close()
     stats = httpx.get(f"{service.api_url}/stats").json()
     assert stats["classes"] == names and sum(stats["images_per_class"].values()) > 0
+
+
+def test_a_trainer_reports_its_steps_over_flight_and_the_dashboard_shows_them(start):
+    from packer.contract.report import StepReport
+
+    service = start()
+    client = connect(service.flight_location)
+    report = StepReport(rank=1, step=7, step_time_s=0.5, data_wait_s=0.2, world_size=2)
+    try:
+        (result,) = client.do_action(flight.Action("navit.report", report.to_bytes()))
+        assert result.body.to_pybytes() == b"ok"
+    finally:
+        client.close()
+    (shown,) = httpx.get(f"{service.api_url}/stats").json()["trainers"]
+    assert (shown["rank"], shown["step"], shown["data_wait_fraction"]) == (1, 7, 0.4)
+    assert shown["starved"] is True

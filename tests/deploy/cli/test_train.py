@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -178,12 +179,20 @@ def sample_service(tmp_path_factory):
     write_sample_dataset(data, 24, seed=2)
     job = ServiceJob(load_index(str(data)), SMALL_CONFIG, StateStore(None), fill=InProcessFill())
     server = PackedFlightServer(job, "127.0.0.1", 0)
-    yield f"grpc://127.0.0.1:{server.port}"
+    yield SimpleNamespace(location=f"grpc://127.0.0.1:{server.port}", job=job)
     server.shutdown()
 
 
 def test_the_head_is_sized_from_the_class_names_the_stream_carries(sample_service, tmp_path):
-    argv = ["--source", sample_service, "--steps", "2", "--ckpt", str(tmp_path), "--no-progress"]
+    argv = [
+        "--source",
+        sample_service.location,
+        "--steps",
+        "2",
+        "--ckpt",
+        str(tmp_path),
+        "--no-progress",
+    ]
     assert run(parse(argv)) == 0
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert checkpoint["class_names"] == ["checkers", "circles", "squares", "stripes"]
@@ -193,7 +202,7 @@ def test_the_head_is_sized_from_the_class_names_the_stream_carries(sample_servic
 def test_a_num_classes_the_stream_contradicts_is_one_line_and_exit_2(
     sample_service, tmp_path, capsys
 ):
-    argv = ["--source", sample_service, "--steps", "2", "--ckpt", str(tmp_path)]
+    argv = ["--source", sample_service.location, "--steps", "2", "--ckpt", str(tmp_path)]
     assert run(parse([*argv, "--num-classes", "1000", "--no-progress"])) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -205,7 +214,7 @@ def test_an_image_folder_as_eval_source_is_packed_when_training_starts(sample_se
     from packer.sample_data import write_sample_dataset
 
     write_sample_dataset(tmp_path / "val", 8, seed=9)
-    argv = ["--source", sample_service, "--steps", "2", "--ckpt", str(tmp_path / "run")]
+    argv = ["--source", sample_service.location, "--steps", "2", "--ckpt", str(tmp_path / "run")]
     argv += ["--eval-source", str(tmp_path / "val"), "--eval-resolution", "64", "--no-progress"]
     assert run(parse(argv)) == 0
     (last,) = [r for r in read_metrics(tmp_path / "run") if r.get("eval")]
@@ -216,9 +225,18 @@ def test_an_image_folder_as_eval_source_is_packed_when_training_starts(sample_se
 def test_an_eval_source_that_cannot_be_read_stops_before_the_first_step(
     sample_service, tmp_path, capsys
 ):
-    argv = ["--source", sample_service, "--steps", "2", "--ckpt", str(tmp_path)]
+    argv = ["--source", sample_service.location, "--steps", "2", "--ckpt", str(tmp_path)]
     argv += ["--eval-source", str(tmp_path / "nowhere"), "--no-progress"]
     assert run(parse(argv)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--eval-source" in err and "nowhere" in err
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_rank_training_from_the_service_shows_in_its_trainers_table(sample_service, tmp_path):
+    argv = ["--source", sample_service.location, "--steps", "3", "--rank", "0"]
+    argv += ["--world-size", "1", "--ckpt", str(tmp_path), "--no-progress"]
+    assert run(parse(argv)) == 0
+    (shown,) = [t for t in sample_service.job.trainers() if t["rank"] == 0]
+    assert shown["step"] >= 1 and 0.0 <= shown["data_wait_fraction"] <= 1.0
+    assert shown["world_size"] == 1 and shown["step_time_s"] > 0

@@ -19,3 +19,12 @@ def test_trainer_reports_show_in_stats(api):
     assert stats["trainers_starved"] == 1
     bad = api.post("/trainers/0/report", json={"step": -1, "step_time_s": 1, "data_wait_s": 0})
     assert bad.status_code == 422
+
+
+def test_the_http_report_takes_the_fields_of_the_flight_report():
+    from dataclasses import fields
+
+    from packer.contract.report import StepReport
+    from service.api.schemas import TrainerReport
+
+    assert set(TrainerReport.model_fields) == {f.name for f in fields(StepReport)} - {"rank"}
