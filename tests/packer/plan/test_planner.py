@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -228,3 +229,17 @@ def test_the_epoch_tail_is_shared_out_so_no_rank_trains_on_a_padding_batch(
             assert plan.num_sequences <= batch_size
             if plan.num_images:  # every row of a batch with images holds one
                 assert np.bincount(plan.sequence, minlength=plan.num_sequences).min() >= 1
+
+
+@pytest.mark.parametrize("world", [2, 8, 64])
+def test_ten_thousand_images_deliver_within_a_fifth_of_a_point_of_what_they_pack(world):
+    from packer.plan.stats import PackingStats
+
+    index = imagenet_like_index(10_000, 0)
+    history = ConfigHistory.start(PackingConfig(seq_len=256, max_res=128, batch_size=8))
+    stats = PackingStats()
+    for rank in range(world):
+        for plan in EpochPlanner(index, history, 0).iter_rank_plans(rank, world):
+            stats.add_plan(plan)
+    assert stats.images_packed == 10_000
+    assert stats.packing_efficiency - stats.delivered_efficiency <= 0.002
