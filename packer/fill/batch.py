@@ -22,6 +22,7 @@ import numpy as np
 
 from packer.contract.packed_folder import batch_path, write_batch_file
 from packer.contract.schema import PackedBatch, to_record_batch
+from packer.image.formats import format_named_by
 from packer.image.imageio import decode_resized
 from packer.image.notes import ImageNote, capture_notes, notes_of
 from packer.image.patchify import patchify
@@ -80,7 +81,9 @@ def fill_batch(plan: BatchPlan, reader: ByteReader | None = None) -> FillResult:
                 data = reader.read(
                     plan.uri[i], int(plan.offset[i]), int(plan.length[i]), int(plan.source_row[i])
                 )
-                image = decode_resized(data, gw * p, gh * p)
+                # A folder's file decodes as the format its name says (plan.uri is the
+                # file); a shard member or Parquet row by signature alone.
+                image = decode_resized(data, gw * p, gh * p, format_named_by(plan.uri[i]))
         except RejectedImage as e:
             rejected.append(Reject(plan.image_ids[i], e.reason, e.detail))
             continue

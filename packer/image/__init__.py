@@ -1,6 +1,7 @@
 """One image's bytes to pixels: what the header says, the decode, the resize, the patches.
 
 - `reject`: why an image is left out (`REJECT_REASONS`, `RejectedImage`, `Reject`);
+- `formats`: which Pillow formats a file opens as (by signature, or by its name);
 - `imageio`: header size (EXIF orientation applied) and decode at a planned size;
 - `resize`: the array resize and orientation (OpenCV);
 - `patchify`: an image array to patches and back;
