@@ -14,7 +14,7 @@ noted, e.g.
       predicted: 713 packed at 99.68% efficiency; delivered: 693 packed at 97.48%
       ...
       skipped (not images): .txt 3, .tar 1
-      notes (Pillow warnings, see notes.jsonl): corrupt_metadata 1
+      notes (Pillow's warnings and decoder messages, see notes.jsonl): corrupt_metadata 1
 """
 
 from __future__ import annotations
@@ -138,5 +138,8 @@ def summary_lines(
     if stats.get("skipped_by_extension"):
         lines.append(f"  skipped (not images): {_counts(stats['skipped_by_extension'])}")
     if stats.get("notes"):
-        lines.append(f"  notes (Pillow warnings, see notes.jsonl): {_counts(stats['notes'])}")
+        lines.append(
+            "  notes (Pillow's warnings and decoder messages, see notes.jsonl): "
+            + _counts(stats["notes"])
+        )
     return lines

@@ -9,8 +9,9 @@ it in its sequence move up: for a planned sequence [a(3 tokens), b(2), c(4)] at 
 10 where b is corrupt, segment_ids become [1, 1, 1, 2, 2, 2, 2, 0, 0, 0] with c in slot
 2. The result is still a pure function of the plan and the bytes.
 
-Pillow's warnings while an image decodes become its notes (`FillResult.notes`, see
-packer.image.notes), never lines on stderr, in whatever process runs the fill.
+Pillow's warnings, log messages and what its C libraries print while an image decodes
+become its notes (`FillResult.notes`, see packer.image.notes), never lines on stderr, in
+whatever process runs the fill.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from packer.sources import ByteReader
 class FillResult:
     packed: PackedBatch
     rejected: list[Reject] = field(default_factory=list)
-    notes: list[ImageNote] = field(default_factory=list)  # Pillow's warnings, per image
+    notes: list[ImageNote] = field(default_factory=list)  # what Pillow said, per image
 
     @property
     def rejected_reasons(self) -> list[str]:

@@ -35,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from packer.image.formats import formats_to_try
 from packer.image.reject import RejectedImage
 from packer.image.resize import orient_pixels, resize_pixels
+from packer.image.stderr_notes import stderr_as_notes
 
 # Pillow's default decompression-bomb error limit (2 * Image.MAX_IMAGE_PIXELS), applied
 # by us from the header whatever Pillow's global limit or the warning filters are.
@@ -81,7 +82,8 @@ def read_header(data: bytes, format_hint: str | None = None) -> tuple[int, int]:
     tried after the formats with a signature; None for bytes without a name.
     """
     formats = formats_to_try(format_hint)
-    with _failures_as_rejections():
+    # What the C libraries print meanwhile becomes the image's notes (stderr_notes).
+    with stderr_as_notes(), _failures_as_rejections():
         image, orientation = _open(data, formats)
         width, height = image.size
         if orientation in _SWAPS_SIDES:
@@ -104,7 +106,8 @@ def decode_resized(
     if width <= 0 or height <= 0:
         raise ValueError(f"target size must be positive, got {width}x{height}")
     formats = formats_to_try(format_hint)
-    with _failures_as_rejections():
+    # What the C libraries print meanwhile becomes the image's notes (stderr_notes).
+    with stderr_as_notes(), _failures_as_rejections():
         image, orientation = _open(data, formats)
         # Resize in the stored frame, then orient the small result: cheaper than
         # orienting the full-size image and the same pixels.

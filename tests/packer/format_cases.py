@@ -151,6 +151,57 @@ def corrupt_exif_jpeg() -> bytes:
     return encode(image, "JPEG", exif=b"Exif\x00\x00" + tiff)
 
 
+def tiff_with_too_many_samples(samples: int = 9) -> bytes:
+    """An 8x8 uncompressed RGB TIFF that declares `samples` samples per pixel. Pillow
+    refuses it at open, after logging "More samples per pixel than can be decoded: 9"
+    (logger.error, which prints to stderr where logging is not configured)."""
+    width = height = 8
+    pixels = bytes(i % 251 for i in range(width * height * samples))
+    entries = [  # (tag, type, count, value); type 3 SHORT, 4 LONG
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, samples, 0),  # BitsPerSample: an array, its offset filled in below
+        (259, 3, 1, 1),  # no compression
+        (262, 3, 1, 2),  # RGB
+        (273, 4, 1, 0),  # StripOffsets: filled in below
+        (277, 3, 1, samples),
+        (278, 4, 1, height),
+        (279, 4, 1, len(pixels)),
+    ]
+    ifd_size = 2 + 12 * len(entries) + 4
+    bits_at = 8 + ifd_size
+    pixels_at = bits_at + 2 * samples
+    values = {258: bits_at, 273: pixels_at}
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", tag, kind, count, values.get(tag, value))
+        for tag, kind, count, value in entries
+    )
+    bits = struct.pack(f"<{samples}H", *([8] * samples))
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + bits + pixels
+
+
+def jpeg_tiff_with_a_stray_marker() -> bytes:
+    """A JPEG-compressed TIFF with one byte of its scan set to 0xFF, making a marker
+    libjpeg does not know: libtiff's JPEG codec prints "JPEGLib: Unsupported marker
+    type 0x.." to stderr, and the image still decodes."""
+    pixels = (np.arange(32 * 32 * 3).reshape(32, 32, 3) % 251).astype(np.uint8)
+    data = bytearray(encode(Image.fromarray(pixels), "TIFF", compression="jpeg"))
+    with Image.open(io.BytesIO(bytes(data))) as image:
+        start = image.tag_v2[273][0]
+        end = start + image.tag_v2[279][0]
+    sos = data.index(b"\xff\xda", start)
+    scan = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    # The first byte from the middle of the scan whose neighbours keep FF xx a lone
+    # marker of an unassigned type (0x02-0xBF), not a stuffed byte or a restart.
+    position = next(
+        p
+        for p in range((scan + end) // 2, end - 2)
+        if 0x02 <= data[p + 1] <= 0xBF and data[p - 1] != 0xFF and data[p] != 0xFF
+    )
+    data[position] = 0xFF
+    return bytes(data)
+
+
 def webdataset_tar() -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -191,6 +242,9 @@ _HAND_MADE = {
     "formats/two_frames.mpo": (mpo_two_frames, Expected("packed")),
     "formats/gray16.tiff": (tiff_16_bit, Expected("packed")),
     "odd/corrupt_exif.jpg": (corrupt_exif_jpeg, Expected("packed")),
+    # A message Pillow logs (at the header) and one libtiff prints (at the decode).
+    "odd/too_many_samples.tif": (tiff_with_too_many_samples, Expected("rejected", "not_an_image")),
+    "odd/stray_marker.tif": (jpeg_tiff_with_a_stray_marker, Expected("packed")),
     "odd/zero_bytes.png": (lambda: b"", Expected("rejected", "empty")),
     "odd/text_named.jpg": (
         lambda: b"hello, not a picture\n" * 4,

@@ -81,7 +81,10 @@ def test_the_pack_summary_sets_the_prediction_beside_the_delivery() -> None:
     assert "  predicted: 713 packed at 99.68% efficiency; delivered: 693 packed at 97.48%" in lines
     assert any("remembered" in line for line in lines)  # why they differ, and that it heals
     assert "  skipped (not images): .tar 1, .txt 3" in lines
-    assert "  notes (Pillow warnings, see notes.jsonl): corrupt_metadata 2" in lines
+    assert (
+        "  notes (Pillow's warnings and decoder messages, see notes.jsonl): corrupt_metadata 2"
+        in lines
+    )
 
 
 def test_the_simulate_summary_shows_skipped_files_and_known_decode_failures() -> None:

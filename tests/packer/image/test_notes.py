@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -50,3 +51,15 @@ def test_a_warning_outside_an_image_still_goes_where_it_went():
     with warnings.catch_warnings(record=True) as outside, capture_notes():
         warnings.warn("not about an image", UserWarning, stacklevel=1)
     assert [str(w.message) for w in outside] == ["not about an image"]
+
+
+def test_a_pillow_log_record_outside_an_image_still_reaches_logging(caplog):
+    logger = logging.getLogger("PIL.TiffImagePlugin")
+    with capture_notes():
+        logger.error("not about an image")
+        with notes_of("a.tif") as notes:
+            logger.error("about a.tif")
+    logger.error("after the capture")
+    assert [n.detail for n in notes] == ["about a.tif"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "PIL.TiffImagePlugin"]
+    assert logged == ["not about an image", "after the capture"]
