@@ -15,6 +15,8 @@ from deploy.cli.pack_progress import PackProgress, summary_lines
 from packer.config import PackingConfig
 from packer.plan.history import ConfigHistory
 
+EPOCHS_HELP = "epochs, each reshuffled with its own resolution draws (default: 1)"
+
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -30,8 +32,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_sample_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, help="output folder (ImageFolder layout)")
-    parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--images", type=int, default=300, help="how many images to write (default: 300)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of every image's size and drawing (default: 0)"
+    )
 
 
 def run_sample_data(args: argparse.Namespace) -> int:
@@ -45,7 +51,7 @@ def run_sample_data(args: argparse.Namespace) -> int:
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="image folder, WebDataset tars or Parquet (local or URI)")
     add_config_arguments(parser)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=1, help=EPOCHS_HELP)
     parser.add_argument("--json", action="store_true", help="print the stats as JSON only")
 
 
@@ -76,7 +82,7 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="image folder, WebDataset tars or Parquet (local or URI)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for *.arrow")
     add_config_arguments(parser)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=1, help=EPOCHS_HELP)
     parser.add_argument("--ray-address", default=None, help="Ray cluster address (default: local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
     parser.add_argument(
