@@ -88,7 +88,12 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency", type=int, default=None, help="fill tasks at once (default: all CPUs)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no live line on a terminal")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress display (by default a live line on a terminal, else a plain line "
+        "every 10 s)",
+    )
     parser.add_argument("--json", action="store_true", help="print the stats as JSON only")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from deploy.cli.pack_progress import PackProgress, summary_lines
+from deploy.cli.pack_progress import PLAIN_LINE_INTERVAL_S, PackProgress, summary_lines
 
 
 class FakeTerminal(io.StringIO):
@@ -35,13 +35,40 @@ def test_on_a_terminal_the_live_line_shows_images_rate_efficiency_and_eta() -> N
     assert "ETA " in last and "ETA ?" not in last
 
 
-def test_off_a_terminal_or_disabled_nothing_is_drawn() -> None:
-    for stream, enabled in ((io.StringIO(), True), (FakeTerminal(), False)):
-        progress = PackProgress(200, stream=stream, enabled=enabled)
+def test_disabled_nothing_is_drawn() -> None:
+    for stream in (io.StringIO(), FakeTerminal()):
+        progress = PackProgress(200, stream=stream, enabled=False)
         progress.update(SoFar(120, 0.98))
         progress.close()
         assert stream.getvalue() == ""
         assert not progress.live
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_off_a_terminal_a_plain_line_every_10_s_and_no_carriage_return() -> None:
+    stream, clock = io.StringIO(), Clock()
+    progress = PackProgress(200, stream=stream, clock=clock)
+    assert not progress.live
+    progress.update(SoFar(50, 0.9812))
+    assert stream.getvalue() == ""  # not 10 s yet
+    clock.now += PLAIN_LINE_INTERVAL_S
+    progress.update(SoFar(120, 0.9876))
+    clock.now += 1.0
+    progress.update(SoFar(130, 0.9876))
+    clock.now += PLAIN_LINE_INTERVAL_S
+    progress.update(SoFar(200, 0.99))
+    progress.close()
+    assert stream.getvalue().splitlines() == [
+        "pack: 120/200 images (60%), 12.0 images/s, efficiency 98.76%",
+        "pack: 200/200 images (100%), 9.5 images/s, efficiency 99.00%",
+    ]
 
 
 def _stats(**values: object) -> dict:
