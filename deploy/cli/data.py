@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from deploy.cli import UsageError
-from deploy.cli.pack_progress import PackProgress, summary_lines
+from deploy.cli.pack_progress import PackProgress, rejected_lines, summary_lines
 from packer.config import PackingConfig
 from packer.plan.history import ConfigHistory
 
@@ -63,6 +63,7 @@ def check_epochs(epochs: int) -> None:
 def run_simulate(args: argparse.Namespace) -> int:
     from packer.index.cache import load_index
     from packer.index.reject_ledger import RejectLedger
+    from packer.index.table import header_rejects
     from packer.plan.simulate import simulate
 
     check_epochs(args.epochs)
@@ -74,7 +75,10 @@ def run_simulate(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2))
     else:
         title = "simulated (from headers, no pixels decoded)"
-        print("\n".join(summary_lines(title, stats, known_failures=len(ledger))))
+        lines = summary_lines(title, stats, known_failures=len(ledger))
+        # Every image left out: header failures, and every decode failure the ledger knows.
+        left_out = header_rejects(ledger.apply(index, 0, job_start=len(ledger)))
+        print("\n".join(lines + rejected_lines(left_out)))
     return 0
 
 

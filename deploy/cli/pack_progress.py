@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TextIO
 
 from tqdm import tqdm
@@ -177,4 +177,18 @@ def summary_lines(
             "  notes (Pillow's warnings and decoder messages, see notes.jsonl): "
             + _counts(stats["notes"])
         )
+    return lines
+
+
+def rejected_lines(rejects: Iterable[tuple[str, str, str]]) -> list[str]:
+    """What `navit simulate` lists after its summary: every image it leaves out, one
+    line each, sorted by image id: [("bad/x.png", "empty", "no bytes")] ->
+    ["rejected images (reason: detail):", "  bad/x.png  empty: no bytes"]."""
+    rows = sorted(rejects)
+    if not rows:
+        return []
+    lines = ["rejected images (reason: detail):"]
+    for image_id, reason, detail in rows:
+        detail = " ".join(detail.split())  # one line, whatever the decoder wrote
+        lines.append(f"  {image_id}  {reason}: {detail}" if detail else f"  {image_id}  {reason}")
     return lines

@@ -109,15 +109,23 @@ def test_pack_off_a_terminal_prints_plain_progress_and_a_summary_of_predicted_an
 
 
 @pytest.mark.slow
-def test_simulate_after_a_pack_shows_the_decode_failure_it_found_and_the_skipped_files(
+def test_simulate_after_a_pack_lists_every_image_it_leaves_out_and_counts_skipped_files(
     packed_odd: tuple[Path, subprocess.CompletedProcess[str]], odd_dataset: Path
 ) -> None:
+    from tests.packer.image_cases import ODD_CASES
+
     out, _ = packed_odd
     done = navit("simulate", str(odd_dataset), *PACK_SETTINGS)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert "  known decode failures: 1 (found by an earlier pack, left out)" in lines
     assert "  skipped (not images): .txt 1" in lines
+    # The list: the header failures and the decode failure the pack found, with reasons.
+    listed = lines[lines.index("rejected images (reason: detail):") + 1 :]
+    bad = {name: reason for name, (_, reason) in ODD_CASES.items() if reason is not None}
+    assert [line.split()[:2] for line in listed] == [
+        [name, f"{reason}:"] for name, reason in sorted(bad.items())
+    ]
     simulated = json.loads(navit("simulate", str(odd_dataset), *PACK_SETTINGS, "--json").stdout)
     delivered = json.loads((out / "stats.json").read_text())["delivered"]
     assert simulated["images_packed"] == delivered["images_packed"]  # now it predicts exactly

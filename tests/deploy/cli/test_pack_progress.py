@@ -5,7 +5,12 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from deploy.cli.pack_progress import PLAIN_LINE_INTERVAL_S, PackProgress, summary_lines
+from deploy.cli.pack_progress import (
+    PLAIN_LINE_INTERVAL_S,
+    PackProgress,
+    rejected_lines,
+    summary_lines,
+)
 
 
 class FakeTerminal(io.StringIO):
@@ -126,3 +131,16 @@ def test_the_simulate_summary_shows_skipped_files_and_known_decode_failures() ->
     assert "  known decode failures: 1 (found by an earlier pack, left out)" in lines
     assert "  skipped (not images): .txt 1" in lines
     assert not any(line.startswith("  predicted") for line in lines)
+
+
+def test_the_simulate_list_names_each_image_left_out_with_its_reason_on_one_line() -> None:
+    rejects = [
+        ("b/truncated.jpg", "truncated", "OSError: image file is truncated\n(2 bytes)"),
+        ("a/empty.png", "empty", ""),
+    ]
+    assert rejected_lines(rejects) == [
+        "rejected images (reason: detail):",
+        "  a/empty.png  empty",
+        "  b/truncated.jpg  truncated: OSError: image file is truncated (2 bytes)",
+    ]
+    assert rejected_lines([]) == []
