@@ -6,8 +6,8 @@ input cannot be rendered as JSON at all, so the 422 became a 500 with a tracebac
 every error keeps its location, message and type, and its input only as a short preview.
 
 A body that is not JSON at all is FastAPI's "json_invalid" error, whose input is `{}`:
-here its input is the start of the body received instead (`BODY_PREVIEW_CHARS`, with
-control characters escaped) and its message says where parsing stopped, so a client
+here its input is the start of the bytes received instead (`BODY_PREVIEW_CHARS`, as
+UTF-8 with undecodable bytes and control characters escaped) and its message says where parsing stopped, so a client
 that sent `max_images_per_seq=4` (a form, not JSON) sees what arrived:
 
     {"loc": ["body", 0], "msg": "body is not JSON: Expecting value at character 0",
@@ -75,7 +75,9 @@ async def validation_error_422(request: Request, error: RequestValidationError) 
             reason = str(preview(str((e.get("ctx") or {}).get("error", "")), _MESSAGE_CHARS))
             position = entry["loc"][-1] if len(entry["loc"]) > 1 else "?"
             entry["msg"] = f"body is not JSON: {reason} at character {position}"
-            entry["input"] = body_start(error.body)
+            # The bytes as received (FastAPI read them to parse them, and the request
+            # keeps them); error.body is the text json guessed an encoding for.
+            entry["input"] = body_start(await request.body())
         detail.append(entry)
     return JSONResponse({"detail": detail}, status_code=422)
 

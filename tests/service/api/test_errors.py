@@ -104,3 +104,12 @@ def test_the_start_of_a_long_or_odd_body_is_bounded_and_escaped(roomy):
     assert error["input"].startswith("{\\n\\x00\\x1b[31mzzz")
     assert error["input"].endswith("...") and len(error["input"]) <= BODY_PREVIEW_CHARS + 20
     assert body_start("x" * BODY_PREVIEW_CHARS) == "x" * BODY_PREVIEW_CHARS
+
+
+def test_a_binary_body_is_shown_as_the_bytes_received(api):
+    # json would read a leading FF FE as UTF-16 and show other characters entirely.
+    response = api.patch(
+        "/config", content=b"\xff\xfe garbage", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["input"] == "\\xff\\xfe garbage"
