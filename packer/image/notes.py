@@ -103,11 +103,21 @@ class _PillowLogToNotes(logging.Filter):
 _LOG_FILTER = _PillowLogToNotes()
 
 
+_loggers_seen: tuple[int, list[logging.Logger]] = (-1, [])  # (loggers in all, Pillow's)
+
+
 def _pillow_loggers() -> list[logging.Logger]:
     """Pillow's loggers ("PIL.TiffImagePlugin", ...): a filter acts only on records of
-    the logger it is on, not on its children's, so each gets it."""
-    names = [name for name in logging.root.manager.loggerDict if name.split(".")[0] == "PIL"]
-    return [logging.getLogger(name) for name in sorted(names)]
+    the logger it is on, not on its children's, so each gets it. Every plugin is
+    imported first (Image.init), so its logger exists; the list is looked up again
+    only when the number of loggers changed (the fill enters capture_notes per image)."""
+    global _loggers_seen
+    Image.init()
+    registry = logging.root.manager.loggerDict
+    if _loggers_seen[0] != len(registry):
+        names = sorted(name for name in list(registry) if name.split(".")[0] == "PIL")
+        _loggers_seen = (len(registry), [logging.getLogger(name) for name in names])
+    return _loggers_seen[1]
 
 
 _current = threading.local()  # .notes: (kind, detail) of the image read on this thread
