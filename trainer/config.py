@@ -1,7 +1,8 @@
 """`TrainConfig`: the one owner of the trainer's settings and their defaults.
 
 `navit train` derives its flags from these fields (the field name with dashes, e.g.
-`warmup_steps` -> `--warmup-steps`; the help text is the field's `help` metadata), and
+`warmup_steps` -> `--warmup-steps`; the help text is the field's `help` metadata, or
+for a switch that turns a True default off, its `switch_help`), and
 `navit pretrain` derives its trainer flags from the same fields, so a default is written
 once. A bad value is a `ValueError` naming the field, raised when the config is built.
 """
@@ -83,7 +84,13 @@ class TrainConfig:
     eval_every: int = _option(0, "evaluate every N steps (0: at the end only)")
     seed: int = _option(0, "seed of the model init")
     log_every: int = _option(1, "write a metrics line every N steps")
-    progress: bool = _option(True, "show a progress bar", flag="--no-progress")
+    progress: bool = _option(
+        True,
+        "show progress: a bar on a terminal, else a plain line every 10 s",
+        flag="--no-progress",
+        switch_help="show no progress (by default a bar on a terminal, else a plain line "
+        "every 10 s)",
+    )
     device: str | None = _option(None, "cpu, cuda, cuda:1 (default: cuda if available)")
     prefetch: int = _option(2, "batches read ahead by a background thread")
     pos_mode: PosMode = _option("fractional", "position embedding of the patch grid")

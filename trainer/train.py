@@ -39,7 +39,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from packer.contract.classes import UnknownClasses, label_mapping
 from packer.contract.cursor import Cursor
@@ -63,6 +62,7 @@ from trainer.distributed import autocast, pick_device, process_group, wrap_model
 from trainer.evaluate import evaluate
 from trainer.metrics import MetricsLog, step_record, throughput
 from trainer.model import MODEL_INPUTS, NaViT, build_model
+from trainer.progress import StepProgress
 from trainer.report import StepReporter
 
 DEFAULT_NUM_CLASSES = 1000
@@ -94,7 +94,7 @@ def train(config: TrainConfig, token: str | None = None) -> list[dict[str, Any]]
         last_step = min(config.steps, config.stop_at or config.steps)
         reporter = StepReporter(config.source, token, rank, world_size)
         show = config.progress and rank == 0
-        bar = tqdm(total=config.steps, initial=start_step, disable=not show, unit="step")
+        bar = StepProgress(config.steps, start_step, enabled=show)  # plain lines off a tty
         completed = start_step
         for step in range(start_step + 1, last_step + 1):
             # The first step also counts the wait for the first batch, fetched above.

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploy.cli import UsageError
-from deploy.cli.pack_progress import PackProgress, summary_lines
+from deploy.cli.pack_progress import PackProgress, rejected_lines, summary_lines
 from packer.config import PackingConfig
 from packer.plan.history import ConfigHistory
 
 if TYPE_CHECKING:
     from packer.index.classes import ClassSummary
+
+EPOCHS_HELP = "epochs, each reshuffled with its own resolution draws (default: 1)"
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +37,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_sample_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, help="output folder (ImageFolder layout)")
-    parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--images", type=int, default=300, help="how many images to write (default: 300)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of every image's size and drawing (default: 0)"
+    )
 
 
 def run_sample_data(args: argparse.Namespace) -> int:
@@ -50,7 +56,7 @@ def run_sample_data(args: argparse.Namespace) -> int:
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="image folder, WebDataset tars or Parquet (local or URI)")
     add_config_arguments(parser)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=1, help=EPOCHS_HELP)
     parser.add_argument("--json", action="store_true", help="print the stats as JSON only")
 
 
@@ -62,6 +68,7 @@ def check_epochs(epochs: int) -> None:
 def run_simulate(args: argparse.Namespace) -> int:
     from packer.index.cache import load_index
     from packer.index.reject_ledger import RejectLedger
+    from packer.index.table import header_rejects
     from packer.plan.simulate import simulate
 
     check_epochs(args.epochs)
@@ -75,7 +82,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     else:
         title = "simulated (from headers, no pixels decoded)"
         lines = summary_lines(title, stats, known_failures=len(ledger))
-        print("\n".join([*lines, f"  {classes.line()}"]))
+        # Every image left out: header failures, and every decode failure the ledger knows.
+        left_out = header_rejects(ledger.apply(index, 0, job_start=len(ledger)))
+        print("\n".join([*lines, f"  {classes.line()}", *rejected_lines(left_out)]))
     return 0
 
 
@@ -93,13 +102,18 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="image folder, WebDataset tars or Parquet (local or URI)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for *.arrow")
     add_config_arguments(parser)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=1, help=EPOCHS_HELP)
     parser.add_argument("--ray-address", default=None, help="Ray cluster address (default: local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
     parser.add_argument(
         "--concurrency", type=int, default=None, help="fill tasks at once (default: all CPUs)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no live line on a terminal")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress display (by default a live line on a terminal, else a plain line "
+        "every 10 s)",
+    )
     parser.add_argument("--json", action="store_true", help="print the stats as JSON only")
 
 

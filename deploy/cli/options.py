@@ -4,7 +4,9 @@ For a field `warmup_steps: int = 100` with metadata `{"help": "..."}` this adds
 `--warmup-steps` (type int, default 100); `metadata["flag"]` renames the flag
 (`ckpt_dir` -> `--ckpt`), `metadata["choices"]` or a `Literal[...]` type gives choices.
 A bool field that defaults to False becomes a switch (`--resume`); one that defaults to
-True becomes a negative switch named by its flag (`progress` -> `--no-progress`). A
+True becomes a negative switch named by its flag (`progress` -> `--no-progress`), whose
+help is `metadata["switch_help"]` (what giving the switch does; the field's `help`
+says what the True value means, which would read backwards on `--no-progress`). A
 field whose default is None and that the config requires is passed with `required`.
 
 `add_settings_arguments` does the same for a pydantic settings model (the service's
@@ -57,6 +59,8 @@ def add_dataclass_arguments(
         converter, choices = _value_type(hints[field.name])
         if converter is bool:
             action = "store_false" if default else "store_true"
+            if default:
+                help_text = _switch_help(field)
             parser.add_argument(
                 flag_name(field), dest=field.name, action=action, default=default, help=help_text
             )
@@ -71,6 +75,17 @@ def add_dataclass_arguments(
             required=field.name in required,
             help=help_text + shown,
         )
+
+
+def _switch_help(field: dataclasses.Field) -> str:
+    """The help of the negative switch of a bool field that defaults to True."""
+    try:
+        return field.metadata["switch_help"]
+    except KeyError:
+        raise ValueError(
+            f"{field.name}: a True default becomes the switch {flag_name(field)}; give it "
+            "metadata['switch_help'] saying what the switch does"
+        ) from None
 
 
 def dataclass_from_args(

@@ -1,26 +1,33 @@
 """What `navit pack` shows: a live line while it works (on a terminal), then a summary.
 
 The live line (tqdm, on stderr) counts images against what `navit simulate` predicted,
-with images/s, the efficiency so far and the ETA:
+with images/s, the packing efficiency so far and the ETA:
 
     pack: 412/713 images  58%|█████▊    | 95.1 images/s, packing 99.21%, ETA 00:03
 
-Off a terminal (a log file, a pipe, CI) there is no live line: only the summary, which
-sets the prediction beside what was delivered and says what was rejected, skipped and
-noted, e.g.
+Off a terminal (a log file, a pipe, CI), where a redrawn line's carriage returns would
+pile up, the same figures come as a plain line every 10 s:
+
+    pack: 412/713 images (58%), 95.1 images/s, packing 99.21%
+
+Either way (and with --no-progress, which hides both) the pack ends with the summary,
+which sets the prediction beside what was delivered and says what was rejected, skipped
+and noted, e.g.
 
     packed into runs/packed (1 epoch):
       images: 713 in, 693 packed, 20 rejected (truncated 20; see rejected.jsonl)
       predicted: 713 packed at 99.68% packing efficiency; delivered: 693 packed at 97.48%
       ...
       skipped (not images): .txt 3, .tar 1
-      notes (Pillow warnings, see notes.jsonl): corrupt_metadata 1
+      notes (Pillow's warnings and decoder messages, see notes.jsonl): corrupt_metadata 1
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TextIO
 
 from tqdm import tqdm
@@ -29,6 +36,7 @@ _BAR_FORMAT = (
     "{desc}: {n_fmt}/{total_fmt} images {percentage:3.0f}%|{bar:10}| "
     "{rate_fmt}{postfix}, ETA {remaining}"
 )
+PLAIN_LINE_INTERVAL_S = 10.0
 
 
 class StatsSoFar(Protocol):
@@ -41,15 +49,26 @@ class StatsSoFar(Protocol):
 
 
 class PackProgress:
-    """The live line of one pack: `update(stats)` after each batch, `close()` at the end.
+    """The progress of one pack: `update(stats)` after each batch, `close()` at the end.
 
-    It is drawn only when `stream` is a terminal and `enabled`; otherwise every call is
-    a no-op and the summary says it all.
+    When `enabled`: the live line where `stream` is a terminal, else a plain line every
+    PLAIN_LINE_INTERVAL_S seconds (`clock` says when); nothing when not `enabled`.
     """
 
-    def __init__(self, total_images: int, stream: TextIO | None = None, enabled: bool = True):
+    def __init__(
+        self,
+        total_images: int,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         stream = sys.stderr if stream is None else stream
         self.live = enabled and _is_terminal(stream)
+        self.plain = enabled and not self.live
+        self._stream = stream
+        self._total = max(total_images, 1)
+        self._clock = clock
+        self._started = self._last_plain = clock()
         columns, lines = _terminal_size(stream)
         self._bar = tqdm(
             total=max(total_images, 1),
@@ -65,6 +84,8 @@ class PackProgress:
         )
 
     def update(self, stats: StatsSoFar) -> None:
+        if self.plain:
+            self._plain_line(stats)
         if not self.live:
             return
         self._bar.set_postfix_str(f"packing {100 * stats.packing_efficiency:.2f}%", refresh=False)
@@ -72,6 +93,20 @@ class PackProgress:
 
     def close(self) -> None:
         self._bar.close()
+
+    def _plain_line(self, stats: StatsSoFar) -> None:
+        now = self._clock()
+        if now - self._last_plain < PLAIN_LINE_INTERVAL_S:
+            return
+        self._last_plain = now
+        done = stats.images_in
+        rate = done / max(now - self._started, 1e-9)
+        print(
+            f"pack: {done}/{self._total} images ({100 * done / self._total:.0f}%), "
+            f"{rate:.1f} images/s, packing {100 * stats.packing_efficiency:.2f}%",
+            file=self._stream,
+            flush=True,
+        )
 
 
 def _terminal_size(stream: TextIO) -> tuple[int, int]:
@@ -141,5 +176,22 @@ def summary_lines(
     if stats.get("skipped_by_extension"):
         lines.append(f"  skipped (not images): {_counts(stats['skipped_by_extension'])}")
     if stats.get("notes"):
-        lines.append(f"  notes (Pillow warnings, see notes.jsonl): {_counts(stats['notes'])}")
+        lines.append(
+            "  notes (Pillow's warnings and decoder messages, see notes.jsonl): "
+            + _counts(stats["notes"])
+        )
+    return lines
+
+
+def rejected_lines(rejects: Iterable[tuple[str, str, str]]) -> list[str]:
+    """What `navit simulate` lists after its summary: every image it leaves out, one
+    line each, sorted by image id: [("bad/x.png", "empty", "no bytes")] ->
+    ["rejected images (reason: detail):", "  bad/x.png  empty: no bytes"]."""
+    rows = sorted(rejects)
+    if not rows:
+        return []
+    lines = ["rejected images (reason: detail):"]
+    for image_id, reason, detail in rows:
+        detail = " ".join(detail.split())  # one line, whatever the decoder wrote
+        lines.append(f"  {image_id}  {reason}: {detail}" if detail else f"  {image_id}  {reason}")
     return lines

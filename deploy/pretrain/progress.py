@@ -1,7 +1,12 @@
 """What the supervisor reads and shows while the job runs: rank 0's metrics.jsonl, the
-service's /stats samples, and one progress line (a tqdm bar, or a plain line every 10 s).
+service's /stats samples, and one progress line: a tqdm bar on a terminal,
 
     pretrain:  40%|████      | 120/300 [00:31<00:47, loss 1.214 | acc 0.52 | val acc 0.48 | 310 img/s | packing 96.4% | delivered 96.1%]
+
+else (`--no-progress`, or stderr is a log file or a pipe, where a bar's carriage
+returns would pile up) a plain line every 10 s and one at the end:
+
+    step 120/300 | loss 1.214 | acc 0.52 | val acc 0.48 | 310 img/s | packing 96.4%
 
 ("val acc": the latest validation pass over the held-out images, trainer/evaluate.py.)
 """
@@ -9,10 +14,11 @@ service's /stats samples, and one progress line (a tqdm bar, or a plain line eve
 from __future__ import annotations
 
 import json
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 PLAIN_LINE_INTERVAL_S = 10.0
 RECENT_STEPS = 20  # loss and accuracy on the line: the mean of the last 20 steps
@@ -152,14 +158,24 @@ def status_fields(status: dict[str, Any]) -> list[str]:
 
 
 class ProgressLine:
-    """The supervisor's terminal output: a progress bar (or a plain status line every
-    10 s with `bar=False`) and messages printed above it."""
+    """The supervisor's output: a progress bar on `stream` (stderr) when `bar` and it is
+    a terminal, else a plain status line every 10 s (`clock` says when) and the last
+    one at `close()`; messages are printed above either (stdout)."""
 
-    def __init__(self, total_steps: int, bar: bool) -> None:
+    def __init__(
+        self,
+        total_steps: int,
+        bar: bool,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.total_steps = total_steps
-        self.bar = bar
+        self.stream = sys.stderr if stream is None else stream
+        self.bar = bar and _is_terminal(self.stream)
+        self._clock = clock
         self._tqdm: Any = None
-        self._last_plain = 0.0
+        self._last_plain = float("-inf")
+        self._pending: str | None = None  # the latest plain line, not printed yet
 
     def show(self, status: dict[str, Any]) -> None:
         fields = status_fields(status)
@@ -168,13 +184,22 @@ class ProgressLine:
                 from tqdm import tqdm
 
                 tqdm.monitor_interval = 0  # no monitor thread: children are forked later
-                self._tqdm = tqdm(total=self.total_steps, unit="step", desc="pretrain")
+                self._tqdm = tqdm(
+                    total=self.total_steps, unit="step", desc="pretrain", file=self.stream
+                )
             self._tqdm.n = status["step"]
             self._tqdm.set_postfix_str(" | ".join(fields), refresh=False)
             self._tqdm.refresh()
-        elif time.monotonic() - self._last_plain >= PLAIN_LINE_INTERVAL_S:
-            self._last_plain = time.monotonic()
-            self.say(" | ".join([f"step {status['step']}/{self.total_steps}", *fields]))
+            return
+        self._pending = " | ".join([f"step {status['step']}/{self.total_steps}", *fields])
+        if self._clock() - self._last_plain >= PLAIN_LINE_INTERVAL_S:
+            self._last_plain = self._clock()
+            self._print_pending()
+
+    def _print_pending(self) -> None:
+        line, self._pending = self._pending, None
+        if line is not None:
+            self.say(line)
 
     def say(self, message: str, prefix: str = "") -> None:
         """Print `message` (each line after `prefix`) above the bar."""
@@ -185,10 +210,20 @@ class ProgressLine:
             print(text, flush=True)
 
     def close(self) -> None:
-        """End the bar (messages after this print plainly)."""
+        """End the bar, or print the last plain line if it is not out yet (messages
+        after this print plainly)."""
         if self._tqdm is not None:
             self._tqdm.close()
             self._tqdm = None
+        self._print_pending()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
 
 
 def run_summary(

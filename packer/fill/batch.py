@@ -9,8 +9,9 @@ it in its sequence move up: for a planned sequence [a(3 tokens), b(2), c(4)] at 
 10 where b is corrupt, segment_ids become [1, 1, 1, 2, 2, 2, 2, 0, 0, 0] with c in slot
 2. The result is still a pure function of the plan and the bytes.
 
-Pillow's warnings while an image decodes become its notes (`FillResult.notes`, see
-packer.image.notes), never lines on stderr, in whatever process runs the fill.
+Pillow's warnings, log messages and what its C libraries print while an image decodes
+become its notes (`FillResult.notes`, see packer.image.notes), never lines on stderr, in
+whatever process runs the fill.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from packer.contract.packed_folder import batch_path, write_batch_file
 from packer.contract.schema import PackedBatch, to_record_batch
+from packer.image.formats import format_named_by
 from packer.image.imageio import decode_resized
 from packer.image.notes import ImageNote, capture_notes, notes_of
 from packer.image.patchify import patchify
@@ -36,7 +38,7 @@ from packer.sources import ByteReader
 class FillResult:
     packed: PackedBatch
     rejected: list[Reject] = field(default_factory=list)
-    notes: list[ImageNote] = field(default_factory=list)  # Pillow's warnings, per image
+    notes: list[ImageNote] = field(default_factory=list)  # what Pillow said, per image
 
     @property
     def rejected_reasons(self) -> list[str]:
@@ -80,7 +82,9 @@ def fill_batch(plan: BatchPlan, reader: ByteReader | None = None) -> FillResult:
                 data = reader.read(
                     plan.uri[i], int(plan.offset[i]), int(plan.length[i]), int(plan.source_row[i])
                 )
-                image = decode_resized(data, gw * p, gh * p)
+                # A folder's file decodes as the format its name says (plan.uri is the
+                # file); a shard member or Parquet row by signature alone.
+                image = decode_resized(data, gw * p, gh * p, format_named_by(plan.uri[i]))
         except RejectedImage as e:
             rejected.append(Reject(plan.image_ids[i], e.reason, e.detail))
             continue

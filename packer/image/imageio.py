@@ -10,6 +10,9 @@ width 192, height 256 and gets a portrait array of shape [256, 192, 3].
 Every failure is a `RejectedImage` with a short reason code, so the fill step can count
 rejected images by reason instead of crashing a job on one bad file.
 
+Which formats open: those with a signature always, any other the installed Pillow
+decodes when the file's name asks for it (`format_hint`, see packer.image.formats).
+
 JPEGs in RGB or L go from libjpeg-turbo (simplejpeg) straight into an array; every other
 image is decoded by Pillow. Either way the array is resized by `packer.image.resize` (OpenCV),
 except images with alpha, which Pillow resizes premultiplied.
@@ -29,45 +32,16 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
+from packer.image.formats import formats_to_try
 from packer.image.reject import RejectedImage
 from packer.image.resize import orient_pixels, resize_pixels
+from packer.image.stderr_notes import stderr_as_notes
 
 # Pillow's default decompression-bomb error limit (2 * Image.MAX_IMAGE_PIXELS), applied
 # by us from the header whatever Pillow's global limit or the warning filters are.
 MAX_IMAGE_PIXELS = 178_956_970
 # Larger sides are not images any dataset means (and break int16 arithmetic downstream).
 MAX_IMAGE_SIDE = 65_500
-
-# Raster formats whose files start with a signature of 4 bytes or more. Restricting
-# Image.open to these keeps random bytes from being "identified" by a plugin with a weak
-# signature check (TGA has none; DIB, PCX and SGI check 2-4 bytes). Left out as well:
-# formats that are not raster images (EPS/PDF need Ghostscript, MPEG, WMF, HDF5, GRIB).
-_WANTED_FORMATS = (
-    "JPEG",
-    "PNG",
-    "WEBP",
-    "GIF",
-    "BMP",
-    "TIFF",
-    "PPM",
-    "AVIF",
-    "JPEG2000",
-    "QOI",
-    "DDS",
-    "ICO",
-    "ICNS",
-    "PSD",
-    "BLP",
-    "MSP",
-    "XBM",
-)
-# Load every plugin once, at import, so no thread races Pillow's lazy plugin import and
-# Image.open never meets a format name it does not know (that raises KeyError).
-Image.init()
-_FORMATS = tuple(name for name in _WANTED_FORMATS if name in Image.OPEN)
-# The formats decode_resized opens, by Pillow's name; the folder listing takes the file
-# extensions Pillow registers for them. MPO (multi-picture JPEG) opens through JPEG.
-DECODED_FORMATS = _FORMATS + (("MPO",) if "JPEG" in _FORMATS else ())
 
 _ORIENTATION_TAG = 0x0112
 _SWAPS_SIDES = frozenset((5, 6, 7, 8))
@@ -99,33 +73,42 @@ def _failures_as_rejections() -> Iterator[None]:
         raise RejectedImage("decode_error", _describe(error)) from error
 
 
-def read_header(data: bytes) -> tuple[int, int]:
+def read_header(data: bytes, format_hint: str | None = None) -> tuple[int, int]:
     """(width, height) after EXIF orientation, from the header only (no pixel decode).
 
     `data` may be just a prefix of the file (the index reads the first 64 KiB); a prefix
     too short for the header fails as not_an_image and the caller may retry with more.
+    `format_hint` is the format the file's name asks for (`formats.format_named_by`),
+    tried after the formats with a signature; None for bytes without a name.
     """
-    with _failures_as_rejections():
-        image, orientation = _open(data)
+    formats = formats_to_try(format_hint)
+    # What the C libraries print meanwhile becomes the image's notes (stderr_notes).
+    with stderr_as_notes(), _failures_as_rejections():
+        image, orientation = _open(data, formats)
         width, height = image.size
         if orientation in _SWAPS_SIDES:
             width, height = height, width
         return width, height
 
 
-def decode_resized(data: bytes, width: int, height: int) -> np.ndarray:
+def decode_resized(
+    data: bytes, width: int, height: int, format_hint: str | None = None
+) -> np.ndarray:
     """Decode, orient upright and resize to exactly [height, width, 3] uint8 RGB.
 
     `width` and `height` are the target in the upright (EXIF-applied) frame, as the
     planner computed from `read_header`. JPEGs decode at a reduced DCT scale (1/2, 1/4,
     1/8) when the target is small enough, so a 4000x3000 photo bound for 256x192 decodes
-    at 500x375 and is then resized. Raises RejectedImage for every bad input, and
-    ValueError only for a non-positive target (a caller bug, not a bad image).
+    at 500x375 and is then resized. `format_hint` as in `read_header`. Raises
+    RejectedImage for every bad input, and ValueError only for a non-positive target or
+    a hint the decoder does not know (caller bugs, not bad images).
     """
     if width <= 0 or height <= 0:
         raise ValueError(f"target size must be positive, got {width}x{height}")
-    with _failures_as_rejections():
-        image, orientation = _open(data)
+    formats = formats_to_try(format_hint)
+    # What the C libraries print meanwhile becomes the image's notes (stderr_notes).
+    with stderr_as_notes(), _failures_as_rejections():
+        image, orientation = _open(data, formats)
         # Resize in the stored frame, then orient the small result: cheaper than
         # orienting the full-size image and the same pixels.
         swap = orientation in _SWAPS_SIDES
@@ -198,16 +181,17 @@ def _decode_with_pillow(image: Image.Image, width: int, height: int) -> np.ndarr
     return _to_rgb_array(image)
 
 
-def _open(data: bytes) -> tuple[Image.Image, int]:
-    """Open lazily and check the header: the image (pixels not loaded) and its orientation."""
+def _open(data: bytes, formats: tuple[str, ...]) -> tuple[Image.Image, int]:
+    """Open lazily as one of `formats` and check the header: the image (pixels not
+    loaded) and its orientation."""
     if not data:
         raise RejectedImage("empty", "no bytes")
     try:
-        image = Image.open(io.BytesIO(data), formats=_FORMATS)
+        image = Image.open(io.BytesIO(data), formats=formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         # Pillow's own check fired (its global limit may be lowered, or warnings made
         # errors). Our limit decides: reopen without Pillow's check, then check ours.
-        image = _open_unchecked(data)
+        image = _open_unchecked(data, formats)
     except UnidentifiedImageError as error:
         # Pillow refuses a zero side as "cannot identify"; say what is really wrong.
         size = _sniff_size(data)
@@ -224,13 +208,13 @@ def _open(data: bytes) -> tuple[Image.Image, int]:
     return image, _orientation(image)
 
 
-def _open_unchecked(data: bytes) -> Image.Image:
+def _open_unchecked(data: bytes, formats: tuple[str, ...]) -> Image.Image:
     """Image.open's plugin loop without its decompression-bomb check (we apply our own).
 
     Only reached when Pillow's check fired, so some plugin accepted these bytes before.
     """
     prefix = data[:16]
-    for name in _FORMATS:
+    for name in formats:
         factory, accept = Image.OPEN[name]
         accepted = accept(prefix) if accept is not None else True
         if isinstance(accepted, str) or not accepted:  # a str is Pillow's "almost" warning

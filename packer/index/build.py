@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
+from packer.image.formats import format_named_by
 from packer.image.imageio import read_header
 from packer.image.notes import capture_notes, notes_of
 from packer.image.reject import RejectedImage
@@ -75,6 +76,9 @@ def _header(record: Record, reader: ByteReader) -> tuple[int, int, str | None, s
     little as it can."""
     if record.error is not None:  # a container that could not be listed
         return 0, 0, record.error, f"{record.uri}: cannot be listed"
+    # A folder's file is read as the format its name says; a shard member or a Parquet
+    # row (uri: the .tar or .parquet) by signature alone.
+    hint = format_named_by(record.uri)
     try:
         if record.source_row >= 0:  # Parquet: the row's bytes are in memory already
             width, height = read_header(reader.read(record.uri, -1, -1, record.source_row))
@@ -84,13 +88,13 @@ def _header(record: Record, reader: ByteReader) -> tuple[int, int, str | None, s
         want = HEADER_BYTES if total < 0 else min(HEADER_BYTES, total)
         prefix = reader.read(record.uri, start, want, -1)
         try:
-            width, height = read_header(prefix)
+            width, height = read_header(prefix, hint)
         except RejectedImage:
             could_be_more = len(prefix) == want and (total < 0 or want < total)
             if not could_be_more:
                 raise
             whole = reader.read(record.uri, record.offset, record.length, -1)
-            width, height = read_header(whole)
+            width, height = read_header(whole, hint)
         return width, height, None, None
     except RejectedImage as error:
         return 0, 0, error.reason, error.detail

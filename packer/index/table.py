@@ -40,7 +40,7 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 # Bump when the index's meaning changes (columns, header rules): old caches then rebuild.
-INDEX_VERSION = 3
+INDEX_VERSION = 4  # 4: a folder's .tga, .pcx, .sgi... are read as their name says
 FINGERPRINT_KEY = b"navit.fingerprint"
 SKIPPED_KEY = b"navit.skipped"
 CACHE_PATH_KEY = b"navit.cache"

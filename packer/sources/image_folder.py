@@ -8,27 +8,16 @@ from functools import cached_property
 from typing import ClassVar
 
 import pyarrow.fs as pafs
-from PIL import Image
 
-from packer.image.imageio import DECODED_FORMATS
+from packer.image.formats import FORMAT_OF_EXTENSION
 from packer.sources.record import Record
 from packer.sources.source import Source
 
-
-def _image_extensions() -> tuple[str, ...]:
-    """The extensions the installed Pillow registers for a format decode_resized opens.
-
-    E.g. .jpg/.jpeg/.png/.webp/.gif/.bmp/.tif/.tiff/.avif, the .pbm/.pgm/.ppm/.pnm
-    family, .jp2/.j2k/.jpf..., .qoi, .dds, .ico, .icns, .psd, .mpo when the installed
-    Pillow opens them; anything else in a folder (text, archives, .tga, .pdf...) is
-    skipped and counted by extension.
-    """
-    return tuple(
-        sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in DECODED_FORMATS)
-    )
-
-
-IMAGE_EXTENSIONS = _image_extensions()
+# Every extension the installed Pillow registers for a format it decodes (.jpg, .png,
+# .webp, .tif, .tga, .pcx, .sgi/.rgb, .xpm, .cur, .fits, .fli, ...): each file is decoded
+# as the format its extension names (packer.image.formats). Anything else in a folder
+# (text, archives, .pdf, .eps without Ghostscript) is skipped and counted by extension.
+IMAGE_EXTENSIONS = tuple(sorted(FORMAT_OF_EXTENSION))
 
 
 @dataclass(frozen=True)

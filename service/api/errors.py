@@ -4,6 +4,14 @@ FastAPI's own 422 handler returns each validation error with its `input`: the wh
 offending value, however large (a 2 MB string comes back as 2 MB), and a NaN or Infinity
 input cannot be rendered as JSON at all, so the 422 became a 500 with a traceback. Here
 every error keeps its location, message and type, and its input only as a short preview.
+
+A body that is not JSON at all is FastAPI's "json_invalid" error, whose input is `{}`:
+here its input is the start of the bytes received instead (`BODY_PREVIEW_CHARS`, as
+UTF-8 with undecodable bytes and control characters escaped) and its message says where parsing stopped, so a client
+that sent `max_images_per_seq=4` (a form, not JSON) sees what arrived:
+
+    {"loc": ["body", 0], "msg": "body is not JSON: Expecting value at character 0",
+     "type": "json_invalid", "input": "max_images_per_seq=4"}
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from service.api.deps import ApiError
 # Longest preview of an input (and of a location part or message) in a 422.
 PREVIEW_CHARS = 100
 _MESSAGE_CHARS = 300
+# Characters of a body that is not JSON shown back in its 422.
+BODY_PREVIEW_CHARS = 80
 
 
 def preview(value: Any, limit: int = PREVIEW_CHARS) -> Any:
@@ -32,6 +42,17 @@ def preview(value: Any, limit: int = PREVIEW_CHARS) -> Any:
         return value
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def body_start(body: Any, limit: int = BODY_PREVIEW_CHARS) -> str:
+    """The first `limit` characters of a request body, each non-printable one escaped
+    as Python writes it (a newline as the two characters backslash and n, a NUL as
+    backslash x00); a longer body ends in '...'."""
+    if isinstance(body, bytes | bytearray):
+        body = bytes(body).decode("utf-8", "backslashreplace")
+    text = body if isinstance(body, str) else repr(body)
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
 
 
 def _location(loc: tuple[Any, ...]) -> list[str | int]:
@@ -50,6 +71,13 @@ async def validation_error_422(request: Request, error: RequestValidationError) 
         }
         if "input" in e:
             entry["input"] = preview(e["input"])
+        if entry["type"] == "json_invalid":  # see the module docstring
+            reason = str(preview(str((e.get("ctx") or {}).get("error", "")), _MESSAGE_CHARS))
+            position = entry["loc"][-1] if len(entry["loc"]) > 1 else "?"
+            entry["msg"] = f"body is not JSON: {reason} at character {position}"
+            # The bytes as received (FastAPI read them to parse them, and the request
+            # keeps them); error.body is the text json guessed an encoding for.
+            entry["input"] = body_start(await request.body())
         detail.append(entry)
     return JSONResponse({"detail": detail}, status_code=422)
 

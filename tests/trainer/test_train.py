@@ -49,6 +49,15 @@ def test_loss_falls(learnable, tmp_path):
         assert key in line
 
 
+def test_progress_off_a_terminal_is_plain_lines_not_a_redrawn_bar(learnable, tmp_path, capfd):
+    # Under capfd stderr is a file, as when `navit train ... 2> log` or `| tee` runs.
+    config = TrainConfig(source=str(learnable), steps=4, ckpt_dir=str(tmp_path), num_classes=4)
+    train(config)
+    err = capfd.readouterr().err
+    assert "\r" not in err
+    assert err.splitlines()[-1].startswith("train: step 4/4 | loss ")
+
+
 def test_resume_reproduces_losses(learnable, tmp_path):
     config = TrainConfig(
         source=str(learnable), steps=10, lr=2e-3, warmup_steps=3, num_classes=4, progress=False

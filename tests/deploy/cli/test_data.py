@@ -76,6 +76,11 @@ def test_a_bad_override_exits_2_with_one_line_naming_the_field(tmp_path: Path) -
 PACK_SETTINGS = ("--set", "seq_len=256", "--set", "max_res=128", "--set", "batch_size=4")
 
 
+def _noise(stderr: str) -> list[str]:
+    """stderr less the pack's plain progress lines (off a terminal, one every 10 s)."""
+    return [line for line in stderr.splitlines() if not line.startswith("pack: ")]
+
+
 @pytest.fixture(scope="module")
 def odd_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Sample images, the odd and broken ones of image_cases, and a stray text file."""
@@ -98,13 +103,14 @@ def packed_odd(
 
 
 @pytest.mark.slow
-def test_pack_off_a_terminal_prints_only_a_summary_of_predicted_and_delivered(
+def test_pack_off_a_terminal_prints_plain_progress_and_a_summary_of_predicted_and_delivered(
     packed_odd: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
     out, done = packed_odd
     assert done.returncode == 0, done.stderr
-    # No live line off a terminal, no Ray start-up lines, no Pillow warnings.
-    assert done.stderr == ""
+    # No redrawn line off a terminal, no Ray start-up lines, no Pillow warnings.
+    assert "\r" not in done.stderr
+    assert _noise(done.stderr) == []
     lines = done.stdout.splitlines()
     assert lines[0] == f"packed into {out} (1 epoch):"
     report = json.loads((out / "stats.json").read_text())
@@ -123,15 +129,23 @@ def test_pack_off_a_terminal_prints_only_a_summary_of_predicted_and_delivered(
 
 
 @pytest.mark.slow
-def test_simulate_after_a_pack_shows_the_decode_failure_it_found_and_the_skipped_files(
+def test_simulate_after_a_pack_lists_every_image_it_leaves_out_and_counts_skipped_files(
     packed_odd: tuple[Path, subprocess.CompletedProcess[str]], odd_dataset: Path
 ) -> None:
+    from tests.packer.image_cases import ODD_CASES
+
     out, _ = packed_odd
     done = navit("simulate", str(odd_dataset), *PACK_SETTINGS)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert "  known decode failures: 1 (found by an earlier pack, left out)" in lines
     assert "  skipped (not images): .txt 1" in lines
+    # The list: the header failures and the decode failure the pack found, with reasons.
+    listed = lines[lines.index("rejected images (reason: detail):") + 1 :]
+    bad = {name: reason for name, (_, reason) in ODD_CASES.items() if reason is not None}
+    assert [line.split()[:2] for line in listed] == [
+        [name, f"{reason}:"] for name, reason in sorted(bad.items())
+    ]
     simulated = json.loads(navit("simulate", str(odd_dataset), *PACK_SETTINGS, "--json").stdout)
     delivered = json.loads((out / "stats.json").read_text())["delivered"]
     assert simulated["images_packed"] == delivered["images_packed"]  # now it predicts exactly
@@ -160,7 +174,7 @@ def test_pack_of_the_odd_file_corpus_accounts_for_every_file_with_no_noise(
     out = tmp_path / "out"
     done = navit("pack", str(tmp_path / "corpus"), "--out", str(out), *PACK_SETTINGS)
     assert done.returncode == 0, done.stderr
-    assert done.stderr == ""  # no traceback, no Pillow warning, no Ray line
+    assert _noise(done.stderr) == []  # no traceback, no Pillow warning, no Ray line
     packed = {
         image_id
         for path in sorted(out.glob("epoch-*/batch-*.arrow"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.cli import COMMANDS, main
+from deploy.cli import COMMANDS, build_parser, main
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -210,3 +211,16 @@ def test_fewer_than_one_epoch_is_an_error_not_a_silent_no_op(
     assert code == 2
     assert err.splitlines() == [f"navit: --epochs must be at least 1, got {epochs}"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_flag_of_every_command_says_what_it_does(name: str) -> None:
+    parser = build_parser(name)
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    command = subparsers.choices[name]
+    silent = [
+        action.option_strings[0] if action.option_strings else action.dest
+        for action in command._actions
+        if not (action.help or "").strip()
+    ]
+    assert silent == [], f"navit {name}: no help text for {silent}"

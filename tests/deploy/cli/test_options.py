@@ -1,6 +1,7 @@
 """Flags derived from a config dataclass keep its defaults, types and choices."""
 
 import argparse
+import dataclasses
 
 import pytest
 
@@ -57,3 +58,19 @@ def test_dataclass_argv_parses_back_into_the_same_config():
     assert not any(a.startswith("--weight-decay") for a in argv)  # defaults stay implicit
     assert dataclass_from_args(TrainConfig, parse(argv)) == config
     assert "--rank=1" not in dataclass_argv(config, exclude=("rank",))
+
+
+def test_a_negative_switch_says_what_giving_it_does():
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, TrainConfig)
+    (switch,) = [a for a in parser._actions if "--no-progress" in a.option_strings]
+    assert switch.help.startswith("show no progress")
+
+
+def test_a_true_default_without_switch_help_is_refused():
+    @dataclasses.dataclass(frozen=True)
+    class Settings:
+        colour: bool = dataclasses.field(default=True, metadata={"help": "use colour"})
+
+    with pytest.raises(ValueError, match="switch_help"):
+        add_dataclass_arguments(argparse.ArgumentParser(), Settings)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from deploy.cli.pack_progress import PackProgress, summary_lines
+from deploy.cli.pack_progress import (
+    PLAIN_LINE_INTERVAL_S,
+    PackProgress,
+    rejected_lines,
+    summary_lines,
+)
 
 
 class FakeTerminal(io.StringIO):
@@ -35,13 +40,40 @@ def test_on_a_terminal_the_live_line_shows_images_rate_efficiency_and_eta() -> N
     assert "ETA " in last and "ETA ?" not in last
 
 
-def test_off_a_terminal_or_disabled_nothing_is_drawn() -> None:
-    for stream, enabled in ((io.StringIO(), True), (FakeTerminal(), False)):
-        progress = PackProgress(200, stream=stream, enabled=enabled)
+def test_disabled_nothing_is_drawn() -> None:
+    for stream in (io.StringIO(), FakeTerminal()):
+        progress = PackProgress(200, stream=stream, enabled=False)
         progress.update(SoFar(120, 0.98))
         progress.close()
         assert stream.getvalue() == ""
         assert not progress.live
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_off_a_terminal_a_plain_line_every_10_s_and_no_carriage_return() -> None:
+    stream, clock = io.StringIO(), Clock()
+    progress = PackProgress(200, stream=stream, clock=clock)
+    assert not progress.live
+    progress.update(SoFar(50, 0.9812))
+    assert stream.getvalue() == ""  # not 10 s yet
+    clock.now += PLAIN_LINE_INTERVAL_S
+    progress.update(SoFar(120, 0.9876))
+    clock.now += 1.0
+    progress.update(SoFar(130, 0.9876))
+    clock.now += PLAIN_LINE_INTERVAL_S
+    progress.update(SoFar(200, 0.99))
+    progress.close()
+    assert stream.getvalue().splitlines() == [
+        "pack: 120/200 images (60%), 12.0 images/s, packing 98.76%",
+        "pack: 200/200 images (100%), 9.5 images/s, packing 99.00%",
+    ]
 
 
 def _stats(**values: object) -> dict:
@@ -87,7 +119,10 @@ def test_the_pack_summary_sets_the_prediction_beside_the_delivery() -> None:
     assert any(line.startswith("  delivered efficiency: 97.48%") for line in lines)
     assert any("remembered" in line for line in lines)  # why they differ, and that it heals
     assert "  skipped (not images): .tar 1, .txt 3" in lines
-    assert "  notes (Pillow warnings, see notes.jsonl): corrupt_metadata 2" in lines
+    assert (
+        "  notes (Pillow's warnings and decoder messages, see notes.jsonl): corrupt_metadata 2"
+        in lines
+    )
 
 
 def test_the_simulate_summary_shows_skipped_files_and_known_decode_failures() -> None:
@@ -102,3 +137,16 @@ def test_the_simulate_summary_shows_skipped_files_and_known_decode_failures() ->
     assert "  known decode failures: 1 (found by an earlier pack, left out)" in lines
     assert "  skipped (not images): .txt 1" in lines
     assert not any(line.startswith("  predicted") for line in lines)
+
+
+def test_the_simulate_list_names_each_image_left_out_with_its_reason_on_one_line() -> None:
+    rejects = [
+        ("b/truncated.jpg", "truncated", "OSError: image file is truncated\n(2 bytes)"),
+        ("a/empty.png", "empty", ""),
+    ]
+    assert rejected_lines(rejects) == [
+        "rejected images (reason: detail):",
+        "  a/empty.png  empty",
+        "  b/truncated.jpg  truncated: OSError: image file is truncated (2 bytes)",
+    ]
+    assert rejected_lines([]) == []

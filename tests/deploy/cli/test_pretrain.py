@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from deploy.cli import main
 from deploy.cli.pretrain import add_arguments, options_from_args
 from deploy.pretrain.options import SUPERVISED_FIELDS, TRAINER_DEFAULTS, PretrainOptions
 from trainer.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -126,3 +129,27 @@ def test_the_pretrain_launcher_validates_trainer_settings_without_loading_torch(
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def _make_recipe(target: str) -> list[str]:
+    """The commands of a Makefile target, its variables expanded and `$(BIN)/` dropped:
+    what the README should show a user typing."""
+    makefile = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    variables = dict(re.findall(r"^(\w+)\s*[?:]?=[ \t]*(.*)$", makefile, re.MULTILINE))
+    body = makefile.split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
+    commands = [line.strip() for line in body.splitlines()[1:] if line.startswith("\t")]
+
+    def expand(text: str) -> str:
+        while "$(" in text:
+            text = re.sub(r"\$\((\w+)\)", lambda m: variables[m.group(1)], text)
+        return text
+
+    binary = expand("$(BIN)/")
+    return [" ".join(expand(command).replace(binary, "").split()) for command in commands]
+
+
+def test_the_readme_shows_the_exact_commands_make_pretrain_runs() -> None:
+    commands = _make_recipe("pretrain")
+    assert [c.split()[:2] for c in commands] == [["navit", "pretrain"], ["navit", "eval"]]
+    readme = {" ".join(line.split()) for line in (REPO / "README.md").read_text().splitlines()}
+    assert set(commands) <= readme, commands

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 
-from deploy.pretrain.progress import MetricsTail, run_status, smoothed, status_fields
+from deploy.pretrain.progress import (
+    PLAIN_LINE_INTERVAL_S,
+    MetricsTail,
+    ProgressLine,
+    run_status,
+    smoothed,
+    status_fields,
+)
 
 
 def test_metrics_tail_reads_new_lines_and_follows_a_rewrite(tmp_path: Path) -> None:
@@ -89,3 +97,49 @@ def test_validation_lines_are_kept_apart_and_shown_on_the_line_and_in_the_summar
     )
     tail.reset()
     assert tail.evals == {} and tail.records == {}
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _status(step: int) -> dict:
+    return {"step": step, "loss": 1.0, "accuracy": 0.5}
+
+
+def test_off_a_terminal_the_bar_becomes_plain_lines_every_10_s_and_one_at_the_end(capsys):
+    stderr, clock = io.StringIO(), _Clock()
+    line = ProgressLine(300, bar=True, stream=stderr, clock=clock)
+    assert not line.bar
+    line.show(_status(1))  # the first state at once
+    clock.now = 5.0
+    line.show(_status(20))  # within 10 s: kept for later
+    clock.now = PLAIN_LINE_INTERVAL_S
+    line.show(_status(40))
+    clock.now = 12.0
+    line.show(_status(45))
+    line.close()
+    line.close()
+    assert stderr.getvalue() == ""
+    printed = capsys.readouterr().out.splitlines()
+    assert [p.split(" | ")[0] for p in printed] == ["step 1/300", "step 40/300", "step 45/300"]
+    assert printed[-1] == "step 45/300 | loss 1.000 | acc 0.50 | waiting for the first batches"
+
+
+def test_on_a_terminal_the_bar_is_drawn_there(capsys):
+    terminal = _FakeTerminal()
+    line = ProgressLine(300, bar=True, stream=terminal)
+    assert line.bar
+    line.show(_status(120))
+    line.close()
+    assert "120/300" in terminal.getvalue() and "\r" in terminal.getvalue()
+    assert capsys.readouterr().out == ""

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from PIL import Image
 
 from packer.image.imageio import read_header
 from packer.image.notes import capture_notes, note_kind, notes_of
 from tests.packer.format_cases import corrupt_exif_jpeg
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_note_kinds_name_what_pillow_warned_about():
@@ -50,3 +56,32 @@ def test_a_warning_outside_an_image_still_goes_where_it_went():
     with warnings.catch_warnings(record=True) as outside, capture_notes():
         warnings.warn("not about an image", UserWarning, stacklevel=1)
     assert [str(w.message) for w in outside] == ["not about an image"]
+
+
+def test_a_pillow_log_record_outside_an_image_still_reaches_logging(caplog):
+    logger = logging.getLogger("PIL.TiffImagePlugin")
+    with capture_notes():
+        logger.error("not about an image")
+        with notes_of("a.tif") as notes:
+            logger.error("about a.tif")
+    logger.error("after the capture")
+    assert [n.detail for n in notes] == ["about a.tif"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "PIL.TiffImagePlugin"]
+    assert logged == ["not about an image", "after the capture"]
+
+
+def test_pillows_log_records_are_notes_even_before_any_plugin_was_imported():
+    # A fresh process that imports only the notes (PIL.Image, no plugin yet).
+    code = (
+        "import logging\n"
+        "from packer.image.notes import capture_notes, notes_of\n"
+        "with capture_notes(), notes_of('x') as notes:\n"
+        "    logging.getLogger('PIL.TiffImagePlugin').error('boom')\n"
+        "print([(n.kind, n.detail) for n in notes])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[('decoder_message', 'boom')]"
+    assert done.stderr == ""

@@ -150,6 +150,21 @@ def test_header_beyond_the_first_64_kib_is_found_by_reading_more(tmp_path):
     assert table.to_pylist()[0]["width"] == 90 and table.to_pylist()[0]["error"] is None
 
 
+def test_a_folder_file_in_a_weakly_signed_format_is_read_as_its_name_says(tmp_path):
+    from tests.packer.format_cases import fits_gradient, tiny_image
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "old.tga").write_bytes(tiny_image("TGA"))
+    (tmp_path / "a" / "sky.fits").write_bytes(fits_gradient(30, 20))
+    (tmp_path / "a" / "old.bin").write_bytes(tiny_image("TGA"))  # no name: skipped
+    table = build_index(open_source(str(tmp_path)))
+    rows = {row["image_id"]: row for row in table.to_pylist()}
+    assert sorted(rows) == ["a/old.tga", "a/sky.fits"]
+    assert (rows["a/old.tga"]["width"], rows["a/old.tga"]["height"]) == (24, 16)
+    assert (rows["a/sky.fits"]["width"], rows["a/sky.fits"]["height"]) == (30, 20)
+    assert index_stats(table)["skipped"] == {".bin": 1}
+
+
 def test_load_index_cache_hit_returns_the_same_table_without_rescanning(
     folder, tmp_path, counted_builds
 ):

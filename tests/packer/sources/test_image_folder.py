@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from PIL import EpsImagePlugin
+
+from packer.image.formats import format_named_by
 from packer.image.imageio import decode_resized
 from packer.image.reject import RejectedImage
 from packer.sources import open_source
 from packer.sources.image_folder import IMAGE_EXTENSIONS
 from tests.packer import image_cases as cases
-from tests.packer.format_cases import psd_rgb, tiny_image_files
+from tests.packer.format_cases import READ_ONLY_FORMATS, tiny_image_files
 from tests.packer.sources.source_cases import bytes_by_id
 
 
@@ -41,22 +44,29 @@ def test_images_in_the_root_get_label_minus_one_and_nested_ones_their_class(tmp_
     assert labels == {"loose.jpg": -1, "b/deep/x.png": 1}
 
 
-def _decodes(data: bytes) -> bool:
+def _decodes(data: bytes, name: str) -> bool:
     try:
-        return decode_resized(data, 8, 8).shape == (8, 8, 3)
+        return decode_resized(data, 8, 8, format_named_by(name)).shape == (8, 8, 3)
     except RejectedImage:
         return False
 
 
 def test_the_listing_takes_exactly_the_extensions_whose_files_the_decoder_opens():
     # Decided by trying: a tiny file of every format the installed Pillow writes, under
-    # every extension Pillow registers for it. Not listed: not raster (PDF, EPS), no
-    # signature to trust (TGA) or a weak one (DIB, PCX, SGI); all skipped and counted.
+    # every extension Pillow registers for it, decoded as the format its name says.
+    # Not listed: not raster (PDF, PostScript without Ghostscript), write-only (Palm).
     files = tiny_image_files()
     assert {".png", ".jpg", ".dds", ".ico", ".qoi", ".jp2", ".pbm", ".tga"} <= set(files)
-    decoded = {ext for ext, data in files.items() if _decodes(data)}
+    decoded = {ext for ext, data in files.items() if _decodes(data, "image" + ext)}
     assert decoded == set(files) & set(IMAGE_EXTENSIONS)
     assert {".dds", ".ico", ".qoi", ".jp2", ".j2k", ".pbm", ".pnm", ".mpo"} <= decoded
-    assert not {".pdf", ".eps", ".ps", ".tga"} & set(IMAGE_EXTENSIONS)
-    # Read-only in Pillow, so made by hand: Photoshop.
-    assert ".psd" in IMAGE_EXTENSIONS and _decodes(psd_rgb())
+    # Formats with a weak signature or none, read because the name asks for them.
+    assert {".tga", ".pcx", ".sgi", ".rgb", ".bw", ".dib", ".im"} <= decoded
+    assert not {".pdf", ".palm"} & set(IMAGE_EXTENSIONS)
+    postscript = {".eps", ".ps"} <= set(IMAGE_EXTENSIONS)
+    assert postscript == EpsImagePlugin.has_ghostscript()
+
+
+def test_formats_pillow_only_reads_are_listed_and_decoded():
+    for ext, build in READ_ONLY_FORMATS.items():
+        assert ext in IMAGE_EXTENSIONS and _decodes(build(), "image" + ext), ext

@@ -8,7 +8,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.errors import PREVIEW_CHARS, preview
+from service.api.errors import BODY_PREVIEW_CHARS, PREVIEW_CHARS, body_start, preview
 from service.api.main import create_app
 from service.job import ServiceJob
 from service.state import StateStore
@@ -81,3 +81,35 @@ def test_preview_keeps_small_values_and_cuts_the_rest():
     assert preview(float("nan")) == "nan"
     assert preview("x" * 1000) == "x" * PREVIEW_CHARS + "..."
     assert preview({"a": [1] * 1000}).endswith("...")
+
+
+def test_a_body_that_is_not_json_is_a_422_showing_the_start_of_what_arrived(api):
+    response = api.patch(
+        "/config", content=b"max_images_per_seq=4", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["type"] == "json_invalid"
+    assert error["input"] == "max_images_per_seq=4"
+    assert error["msg"] == "body is not JSON: Expecting value at character 0"
+    assert api.get("/config").json()["version"] == 1
+
+
+def test_the_start_of_a_long_or_odd_body_is_bounded_and_escaped(roomy):
+    body = b"{\n\x00\x1b[31m" + b"z" * (1 << 20)
+    response = roomy.post("/simulate", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert len(response.content) < 2000
+    (error,) = response.json()["detail"]
+    assert error["input"].startswith("{\\n\\x00\\x1b[31mzzz")
+    assert error["input"].endswith("...") and len(error["input"]) <= BODY_PREVIEW_CHARS + 20
+    assert body_start("x" * BODY_PREVIEW_CHARS) == "x" * BODY_PREVIEW_CHARS
+
+
+def test_a_binary_body_is_shown_as_the_bytes_received(api):
+    # json would read a leading FF FE as UTF-16 and show other characters entirely.
+    response = api.patch(
+        "/config", content=b"\xff\xfe garbage", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["input"] == "\\xff\\xfe garbage"
