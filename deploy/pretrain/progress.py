@@ -234,9 +234,11 @@ def run_summary(
     stats: dict[str, Any] | None,
     restart_steps: Sequence[int],
     evals: Sequence[dict[str, Any]] = (),
+    evaluated: str = "held-out images",
 ) -> list[str]:
-    """The lines printed at the end: how the loss went, the validation scores, how well
-    the service packed."""
+    """The lines printed at the end: how the loss went, the validation scores (over
+    `evaluated`: the held-out split, or the images of an --eval-source), how well the
+    service packed."""
     lines = [f"{state} after {elapsed_s:.0f} s"]
     if records:
         first = records[: min(10, len(records))]
@@ -254,7 +256,7 @@ def run_summary(
     if evals:
         first, last = evals[0], evals[-1]
         lines.append(
-            f"validation ({last['eval_images']} held-out images): "
+            f"validation ({last['eval_images']} {evaluated}): "
             f"loss {first['eval_loss']:.3f} -> {last['eval_loss']:.3f}, "
             f"accuracy {first['eval_accuracy']:.2f} -> {last['eval_accuracy']:.2f} "
             f"(steps {first['step']} -> {last['step']})"

@@ -57,6 +57,7 @@ class Pretrain:
         self.restart_steps: list[int] = []
         self.stop_signal: int | None = None
         self.usage_error = False
+        self.evaluated = "held-out images"  # what the trainers' validation scores
         self.output = ProgressLine(self.trainer_config.steps, bar=options.progress)
         self.watch = RunWatch(self.run_dir, self.output)
         self._force = False
@@ -140,6 +141,7 @@ class Pretrain:
         at the packing config's max_res (as the validation split); the trainers score it."""
         from deploy.eval_source import is_unpacked, pack_eval_source
 
+        self.evaluated = f"images of {source}"
         if not is_unpacked(source):
             return
         config = self.options.packing_config()
@@ -292,6 +294,7 @@ class Pretrain:
             watch.last_stats,
             self.restart_steps,
             watch.metrics.evals_in_order(),
+            self.evaluated,
         )
         outputs = [METRICS_NAME, "stats.json", CHECKPOINT_NAME, plot]
         present = [name for name in outputs if name and (self.run_dir.path / name).exists()]
