@@ -43,7 +43,7 @@ class StepProgress:
         self._bar: Any = None
         self._shown_step: int | None = None
         self._last_line = clock()
-        if enabled and _is_terminal(self.stream):
+        if enabled and is_terminal(self.stream):
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=initial, unit="step", file=self.stream)
@@ -85,7 +85,8 @@ class StepProgress:
         self._last_line = self._clock()
 
 
-def _is_terminal(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
+    """Whether `stream` is a terminal (a bar may redraw there); False for a closed one."""
     isatty = getattr(stream, "isatty", None)
     try:
         return bool(isatty and isatty())

@@ -32,6 +32,8 @@ from typing import Any, Protocol, TextIO
 
 from tqdm import tqdm
 
+from trainer.progress import is_terminal
+
 _BAR_FORMAT = (
     "{desc}: {n_fmt}/{total_fmt} images {percentage:3.0f}%|{bar:10}| "
     "{rate_fmt}{postfix}, ETA {remaining}"
@@ -63,7 +65,7 @@ class PackProgress:
         clock: Callable[[], float] = time.monotonic,
     ):
         stream = sys.stderr if stream is None else stream
-        self.live = enabled and _is_terminal(stream)
+        self.live = enabled and is_terminal(stream)
         self.plain = enabled and not self.live
         self._stream = stream
         self._total = max(total_images, 1)
@@ -117,11 +119,6 @@ def _terminal_size(stream: TextIO) -> tuple[int, int]:
     except (AttributeError, OSError, ValueError):
         return 100, 24
     return size.columns or 100, size.lines or 24
-
-
-def _is_terminal(stream: TextIO) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
 
 
 def _counts(counts: dict[str, int]) -> str:

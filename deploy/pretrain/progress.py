@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from trainer.progress import is_terminal
+
 PLAIN_LINE_INTERVAL_S = 10.0
 RECENT_STEPS = 20  # loss and accuracy on the line: the mean of the last 20 steps
 
@@ -171,7 +173,7 @@ class ProgressLine:
     ) -> None:
         self.total_steps = total_steps
         self.stream = sys.stderr if stream is None else stream
-        self.bar = bar and _is_terminal(self.stream)
+        self.bar = bar and is_terminal(self.stream)
         self._clock = clock
         self._tqdm: Any = None
         self._last_plain = float("-inf")
@@ -216,14 +218,6 @@ class ProgressLine:
             self._tqdm.close()
             self._tqdm = None
         self._print_pending()
-
-
-def _is_terminal(stream: TextIO) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    try:
-        return bool(isatty and isatty())
-    except ValueError:  # a closed stream
-        return False
 
 
 def run_summary(
