@@ -37,8 +37,9 @@ from packer.fill.batch import WrittenBatch, fill_and_write, fill_batch
 from packer.fill.bounded import in_order
 from packer.image.notes import ImageNote
 from packer.image.reject import Reject
+from packer.index.image_index import ImageIndex, header_notes
 from packer.index.reject_ledger import RejectLedger
-from packer.index.table import header_notes, index_skipped
+from packer.index.table import index_skipped
 from packer.plan.epoch import EpochPlan, plan_epoch
 from packer.plan.history import ConfigHistory
 from packer.plan.planner import BatchPlan
@@ -172,7 +173,7 @@ def _auto_plans_per_block(num_plans: int) -> int:
 
 
 def pack_to_dir(
-    index: pa.Table,
+    index: ImageIndex,
     history: ConfigHistory,
     out_dir: str | Path,
     epochs: int = 1,

@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
 import uvicorn
 
 from packer.config import PackingConfig
+from packer.index.image_index import ImageIndex
 from service.api.main import create_app
 from service.flight import PackedFlightServer
 from service.job import ServiceJob
@@ -153,7 +153,7 @@ def _url_host(host: str) -> str:
 def start_service(
     settings: ServiceSettings | None = None,
     *,
-    index: pa.Table | None = None,
+    index: ImageIndex | None = None,
     config: PackingConfig | None = None,
     **setting_values: Any,
 ) -> ServiceHandle:

@@ -88,7 +88,8 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_pack(args: argparse.Namespace) -> int:
     from packer.index.cache import load_index
-    from packer.index.table import index_class_names, index_stats
+    from packer.index.image_index import index_stats
+    from packer.index.table import index_class_names
     from packer.pipeline import init_ray, pack_to_dir
     from packer.plan.simulate import simulate
 

@@ -110,7 +110,8 @@ class Pretrain:
         # The index is loaded here once (and cached) for the class count; the service
         # then finds it in the cache instead of scanning the headers again.
         from packer.index.cache import load_index
-        from packer.index.table import index_class_names, index_stats
+        from packer.index.image_index import index_stats
+        from packer.index.table import index_class_names
 
         index = load_index(self.options.dataset)
         stats = index_stats(index)
