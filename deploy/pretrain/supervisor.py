@@ -109,11 +109,14 @@ class Pretrain:
     def _describe_dataset(self) -> None:
         # The index is loaded here once (and cached) for the class count; the service
         # then finds it in the cache instead of scanning the headers again.
+        from packer.index.build import IndexOptions
         from packer.index.cache import load_index
         from packer.index.image_index import index_stats
         from packer.index.table import index_class_names
 
-        index = load_index(self.options.dataset)
+        index = load_index(
+            self.options.dataset, options=IndexOptions(verify_sizes=self.options.verify_sizes)
+        )
         stats = index_stats(index)
         num_classes = self.trainer_config.num_classes
         if num_classes is None:

@@ -26,7 +26,7 @@ from packer.image.imageio import read_header
 from packer.image.notes import capture_notes, notes_of
 from packer.image.reject import RejectedImage
 from packer.index.table import INDEX_SCHEMA, SKIPPED_KEY, image_keys
-from packer.sources import ByteReader, FileGroup, Record, Source, source_of
+from packer.sources import ByteReader, DatasetError, FileGroup, Record, Source, source_of
 from packer.sources.source import SIZE_COLUMNS
 
 # A JPEG's or PNG's header nearly always lies in its first few KiB; EXIF blocks are at
@@ -37,7 +37,7 @@ LABEL_NAME = "label_name"
 _MISMATCHES_SHOWN = 10
 
 
-class SizeMismatchError(ValueError):
+class SizeMismatchError(DatasetError):
     """Metadata sizes that the images' headers contradict: the index is refused."""
 
     def __init__(self, mismatches: list[str], checked: int) -> None:

@@ -41,7 +41,7 @@ from packer.index.build import (
 )
 from packer.index.image_index import ImageIndex
 from packer.index.table import CACHE_PATH_KEY, FINGERPRINT_KEY, INDEX_SCHEMA, INDEX_VERSION
-from packer.sources import FileGroup, normalize_uri, open_source
+from packer.sources import FileGroup, Source, normalize_uri, open_source
 
 _SCAN_KEY = b"navit.scan"  # what the last build scanned: {"groups", "scanned", ...}
 _VERIFIED_KEY = b"navit.verified"  # share of metadata sizes checked against headers
@@ -65,13 +65,14 @@ def cache_path(uri: str, cache_dir: str | Path | None = None) -> Path:
 
 
 def load_index(
-    uri: str,
+    uri: str | Source,
     cache_dir: str | Path | None = None,
     num_threads: int = 8,
     options: IndexOptions | None = None,
     scanner: GroupScanner | None = None,
 ) -> ImageIndex:
-    """The index of `uri`, from the cache when its fingerprint still matches the source.
+    """The index of `uri` (or of a source already opened), from the cache when its
+    fingerprint still matches the source.
 
     The fingerprint is the source listing's hash (paths, sizes, mtimes), INDEX_VERSION
     and where sizes may come from. A changed source has only its new or changed file
@@ -81,7 +82,7 @@ def load_index(
     size raises SizeMismatchError and caches nothing of that group.
     """
     options = options or IndexOptions()
-    source = open_source(uri)
+    source = uri if isinstance(uri, Source) else open_source(uri)
     fingerprint = f"v{INDEX_VERSION}:{options.sizes_from}:{source.fingerprint()}".encode()
     path = cache_path(source.uri, cache_dir)
     cached = _open_cached(path, fingerprint, options.verify_sizes)
