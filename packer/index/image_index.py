@@ -194,7 +194,7 @@ class ImageIndex:
             candidates = np.flatnonzero(_in_sorted(self.columns.key, keys))
         else:
             candidates = self.table_rows()[_in_sorted(self.columns.key[self.rows], keys)]
-        ids = self.table.column("image_id").take(pa.array(candidates)).to_pylist()
+        ids = self.take(["image_id"], candidates).column("image_id").to_pylist()
         wanted = set(image_ids)
         found: dict[str, list[int]] = {}
         for image_id, row in zip(ids, candidates.tolist(), strict=True):
@@ -203,8 +203,11 @@ class ImageIndex:
         return found
 
     def locations(self, rows: np.ndarray) -> Locations:
-        """Ids, locations and labels of these table rows, read from the table."""
-        picked = self.table.select(_LOCATION_COLUMNS).take(pa.array(rows, pa.int64()))
+        """Ids, locations and labels of these table rows, read from the table.
+
+        Record batch by record batch (`take`): the file is read where the rows are.
+        """
+        picked = self.take(_LOCATION_COLUMNS, rows)
         return Locations(
             image_ids=picked.column("image_id").to_pylist(),
             uri=picked.column("uri").to_pylist(),
@@ -213,6 +216,27 @@ class ImageIndex:
             source_row=_int64(picked.column("source_row")),
             label=_int64(picked.column("label")),
         )
+
+    def take(self, columns: list[str], rows: np.ndarray) -> pa.Table:
+        """These columns at these table rows, in their order, read record batch by
+        record batch (a take over the chunked table would join every chunk first)."""
+        rows = np.asarray(rows, np.int64)
+        batches, starts = self._record_batches
+        chunk = np.searchsorted(starts, rows, side="right") - 1
+        order = np.argsort(chunk, kind="stable")
+        pieces = []
+        for c in np.unique(chunk).tolist():
+            local = rows[order][chunk[order] == c] - starts[c]
+            pieces.append(batches[c].select(columns).take(pa.array(local)))
+        schema = pa.schema([self.table.schema.field(name) for name in columns])
+        picked = pa.Table.from_batches(pieces, schema).combine_chunks()
+        return picked.take(pa.array(np.argsort(order, kind="stable")))
+
+    @cached_property
+    def _record_batches(self) -> tuple[list[pa.RecordBatch], np.ndarray]:
+        batches = self.table.to_batches()
+        starts = np.cumsum([0] + [b.num_rows for b in batches[:-1]]).astype(np.int64)
+        return batches, starts
 
     def column(self, name: str) -> pa.ChunkedArray:
         """One column of this index's rows (a marked row's `error` and `detail` are the
@@ -263,7 +287,7 @@ def header_rejects(index: ImageIndex | pa.Table) -> list[Reject]:
     ledger marked it (packer.index.reject_ledger); a header reject keeps its own reason."""
     index = ImageIndex.of(index)
     rows = index._rejected_rows()
-    picked = index.table.select(["image_id", "error", "detail"]).take(pa.array(rows))
+    picked = index.take(["image_id", "error", "detail"], rows)
     rejects = []
     for row, image_id, reason, detail in zip(
         rows.tolist(),
@@ -285,7 +309,7 @@ def header_notes(index: ImageIndex | pa.Table) -> list[ImageNote]:
     noted = np.flatnonzero(notes.is_valid().to_numpy(zero_copy_only=False))
     if index.rows is not None:  # a view's rows increase: keep the noted ones among them
         noted = noted[_in_sorted(noted, index.rows.astype(np.int64))]
-    picked = index.table.select(["image_id", "notes"]).take(pa.array(noted))
+    picked = index.take(["image_id", "notes"], noted)
     return [
         ImageNote(image_id, note["kind"], note["detail"])
         for image_id, raw in zip(
