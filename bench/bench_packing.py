@@ -20,6 +20,7 @@ from packer.config import PackingConfig
 from packer.plan.history import ConfigHistory
 from packer.plan.packing import lower_bound_sequences
 from packer.plan.planner import EpochPlanner
+from packer.plan.shuffle import EpochOrder
 from packer.plan.simulate import simulate
 from packer.synthetic import imagenet_like_index
 
@@ -61,15 +62,17 @@ def fill_and_wait(index, config: PackingConfig) -> dict:
     bins wait the same way)."""
     planner = EpochPlanner(index, ConfigHistory.start(config), 0)
     full = sequences = 0
-    drawn_at = {int(row): n // config.pack_window for n, row in enumerate(planner._order)}
-    rows = index.column("image_id").to_pylist()
-    row_of = {image_id: r for r, image_id in enumerate(rows)}
+    order = EpochOrder(index.num_rows, config.seed, 0)
+    places = order.span(0, order.domain)
+    drawn = places[places < index.num_rows]  # every synthetic image is plannable
+    drawn_at = np.empty(index.num_rows, np.int64)
+    drawn_at[drawn] = np.arange(len(drawn)) // config.pack_window
     waits = []
-    for plan in planner.iter_plans():
-        shipped = (planner._cursor - 1) // config.pack_window
-        waits += [shipped - drawn_at[row_of[i]] for i in plan.image_ids]
-        if plan.num_images:
-            tokens = np.bincount(plan.sequence, weights=plan.num_kept)
+    for layout in planner.iter_layouts():
+        shipped = planner.next_window - 1
+        waits += (shipped - drawn_at[layout.rows]).tolist()
+        if len(layout.rows):
+            tokens = np.bincount(layout.sequence, weights=layout.num_kept)
             full += int((tokens == config.seq_len).sum())
             sequences += int((tokens > 0).sum())
     waits = np.array(waits)

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import torch
 
 from packer.config import ResolutionMode, fixed_resolution_config
@@ -31,6 +30,7 @@ from packer.contract.classes import label_mapping, remap_labels
 from packer.contract.cursor import Cursor
 from packer.contract.schema import PackedBatch
 from packer.fill.in_process import pack_in_process
+from packer.index.image_index import ImageIndex
 from packer.index.table import index_class_names
 from trainer.data import iter_batches, source_class_names
 from trainer.evaluate import EvalResult, evaluate_batches, labels_by_name
@@ -73,7 +73,7 @@ def parse_resolutions(text: str) -> list[int]:
 
 def sweep_dataset(
     model: NaViT,
-    index: pa.Table,
+    index: ImageIndex,
     resolutions: Sequence[int],
     res_mode: ResolutionMode = "area",
     batch_size: int = 8,
@@ -126,7 +126,7 @@ def evaluate_packed(
     return SweepRow(None, result)
 
 
-def index_by_class_name(index: pa.Table, class_names: list[str] | None) -> pa.Table:
+def index_by_class_name(index: ImageIndex, class_names: list[str] | None) -> ImageIndex:
     """`index` with its labels mapped by name onto `class_names` (the model's): a val
     folder holding only bees/ gets label 1 for a model of ["ants", "bees"]. Unchanged when
     either side names no classes; UnknownClasses for a class the model does not know."""
@@ -134,9 +134,8 @@ def index_by_class_name(index: pa.Table, class_names: list[str] | None) -> pa.Ta
     if not data_classes or class_names is None or data_classes == class_names:
         return index
     mapping = label_mapping(data_classes, class_names)
-    labels = remap_labels(index.column("label").to_numpy(), mapping)
-    position = index.schema.get_field_index("label")
-    return index.set_column(position, "label", pa.array(labels, pa.int64()))
+    labels = index.table.column("label").to_numpy()  # every table row: a view keeps its rows
+    return index.with_labels(remap_labels(labels, mapping))
 
 
 def format_table(rows: Sequence[SweepRow]) -> str:

@@ -1,5 +1,8 @@
-"""The Ray edge of the packer: run the fill step on Ray workers. The only module here
-that imports Ray.
+"""The Ray edge of the packer: run the header scan and the fill step on Ray workers. The
+only module here that imports Ray.
+
+The index's header scan (`scan_groups_on_ray`): one Ray task per file group of the source
+(packer.index.build.scan_group), so building an index scales with the cluster.
 
 Two ways in, one fill function (`packer.fill.fill_batch`):
 - `pack_to_dir`: whole epochs with Ray Data (`navit pack`). The planner has already
@@ -37,12 +40,15 @@ from packer.fill.batch import WrittenBatch, fill_and_write, fill_batch
 from packer.fill.bounded import in_order
 from packer.image.notes import ImageNote
 from packer.image.reject import Reject
+from packer.index.build import GroupScan, IndexOptions, scan_group
+from packer.index.image_index import ImageIndex, header_notes
 from packer.index.reject_ledger import RejectLedger
-from packer.index.table import header_notes, index_skipped
+from packer.index.table import index_skipped
 from packer.plan.batch_plan import BatchPlan
 from packer.plan.epoch import EpochPlan, plan_epoch
 from packer.plan.history import ConfigHistory
 from packer.plan.stats import PackingStats
+from packer.sources import FileGroup
 
 
 def init_ray(
@@ -157,6 +163,21 @@ def stream_filled(plans: Iterable[BatchPlan], max_in_flight: int = 4) -> Iterato
     return in_order(plans, remote_fill.remote, ray.get, max_in_flight)
 
 
+def scan_groups_on_ray(
+    groups: list[FileGroup], options: IndexOptions, max_in_flight: int | None = None
+) -> Iterator[GroupScan]:
+    """packer.index.build.scan_group over file groups as Ray tasks (one CPU each), in
+    order, with at most `max_in_flight` (default: 4 per CPU of the cluster) pending: a
+    GroupScanner for packer.index.cache.load_index. Each task lists its shard or file
+    and reads only the headers its metadata does not size."""
+    remote_scan = ray.remote(num_cpus=1, max_retries=3)(scan_group)
+    if max_in_flight is None:
+        max_in_flight = 4 * max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    return in_order(
+        groups, lambda group: remote_scan.remote(group, options), ray.get, max_in_flight
+    )
+
+
 def _ray_data_console_like_ray() -> None:
     """Ray Data prints INFO lines to the terminal whatever ray.init's logging_level: give
     its console handlers the level init_ray gave Ray's logger (its log file keeps all)."""
@@ -172,7 +193,7 @@ def _auto_plans_per_block(num_plans: int) -> int:
 
 
 def pack_to_dir(
-    index: pa.Table,
+    index: ImageIndex,
     history: ConfigHistory,
     out_dir: str | Path,
     epochs: int = 1,

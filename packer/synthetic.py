@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from packer.index.image_index import ImageIndex
 from packer.index.table import image_keys
 
 _COMMON_ASPECTS = np.array([4 / 3, 3 / 2, 1.0, 3 / 4, 2 / 3, 16 / 9])
@@ -36,10 +37,17 @@ def imagenet_like_sizes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def synthetic_index(widths: np.ndarray, heights: np.ndarray, num_classes: int = 10) -> pa.Table:
-    """An index table (the `packer.index` columns) for images of the given sizes."""
+def synthetic_index(widths: np.ndarray, heights: np.ndarray, num_classes: int = 10) -> ImageIndex:
+    """An index (the `packer.index` columns, in memory) for images of the given sizes."""
+    return ImageIndex.from_table(synthetic_table(widths, heights, num_classes))
+
+
+def synthetic_table(
+    widths: np.ndarray, heights: np.ndarray, num_classes: int = 10, first: int = 0
+) -> pa.Table:
+    """The index table of images `first`, `first + 1`, ... of the given sizes."""
     n = len(widths)
-    ids = [f"synthetic/{i:08d}.jpg" for i in range(n)]
+    ids = [f"synthetic/{i:08d}.jpg" for i in range(first, first + n)]
     return pa.table(
         {
             "image_id": pa.array(ids, pa.string()),
@@ -47,7 +55,7 @@ def synthetic_index(widths: np.ndarray, heights: np.ndarray, num_classes: int = 
             "offset": pa.array(np.full(n, -1, np.int64)),
             "length": pa.array(np.full(n, -1, np.int64)),
             "source_row": pa.array(np.full(n, -1, np.int64)),
-            "label": pa.array(np.arange(n, dtype=np.int64) % num_classes),
+            "label": pa.array(np.arange(first, first + n, dtype=np.int64) % num_classes),
             "width": pa.array(np.asarray(widths, np.int32)),
             "height": pa.array(np.asarray(heights, np.int32)),
             "key": pa.array(image_keys(ids), pa.uint64()),
@@ -58,7 +66,7 @@ def synthetic_index(widths: np.ndarray, heights: np.ndarray, num_classes: int = 
     )
 
 
-def imagenet_like_index(n: int, seed: int = 0) -> pa.Table:
+def imagenet_like_index(n: int, seed: int = 0) -> ImageIndex:
     return synthetic_index(*imagenet_like_sizes(n, seed))
 
 

@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
 import uvicorn
 
 from packer.config import PackingConfig
+from packer.index.image_index import ImageIndex
 from service.api.main import create_app
 from service.flight import PackedFlightServer
 from service.job import ServiceJob
@@ -154,7 +154,7 @@ def _url_host(host: str) -> str:
 def start_service(
     settings: ServiceSettings | None = None,
     *,
-    index: pa.Table | None = None,
+    index: ImageIndex | None = None,
     config: PackingConfig | None = None,
     **setting_values: Any,
 ) -> ServiceHandle:
@@ -178,17 +178,28 @@ def start_service(
     api.start()
     owns_ray = False
     try:
-        # The index first: a wrong dataset path fails in a second, before Ray starts.
+        # The dataset first: a wrong path fails in a second, before Ray starts; then its
+        # index, whose header scan runs as Ray tasks (packer.pipeline.scan_groups_on_ray).
+        source = None
         if index is None:
-            from packer.index.cache import load_index
+            from packer.sources import open_source
 
-            index = load_index(settings.dataset, cache_dir=settings.index_cache_dir)
+            source = open_source(settings.dataset)
         import ray
 
-        from packer.pipeline import init_ray
+        from packer.pipeline import init_ray, scan_groups_on_ray
 
         owns_ray = not ray.is_initialized()
         init_ray(settings.ray_address, settings.ray_num_cpus, verbose=settings.verbose)
+        if index is None:
+            from packer.index.cache import load_index
+
+            index = load_index(
+                source,
+                cache_dir=settings.index_cache_dir,
+                options=settings.index_options(),
+                scanner=scan_groups_on_ray,
+            )
         state = StateStore(settings.state_dir)
         try:
             job = ServiceJob(index, config, state, dataset=settings.dataset, settings=settings)

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from packer.contract.auth import read_token
+from packer.index.build import IndexOptions
 
 
 class ServiceSettings(BaseSettings):
@@ -43,6 +44,16 @@ class ServiceSettings(BaseSettings):
     )
     index_cache_dir: Path | None = Field(
         None, description="where header indexes are cached (default: $NAVIT_CACHE_DIR or ~/.cache)"
+    )
+    verify_sizes: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of image sizes taken from metadata (WebDataset .json, Parquet "
+        "columns) whose header is read to check them; a mismatch refuses the index",
+    )
+    size_columns: str = Field(
+        "width,height", description="Parquet columns holding each image's width,height"
     )
     token: SecretStr | None = Field(None, description="bearer token for Flight and mutations")
     token_file: Path | None = Field(None, description="file whose first line is the token")
@@ -96,6 +107,13 @@ class ServiceSettings(BaseSettings):
         if self.simulate_default_sample > self.simulate_max_sample:
             self.simulate_default_sample = self.simulate_max_sample
         return self
+
+    def index_options(self) -> IndexOptions:
+        """How the dataset's index is built (packer.index.build.IndexOptions)."""
+        width, _, height = self.size_columns.partition(",")
+        return IndexOptions(
+            size_columns=(width.strip(), height.strip()), verify_sizes=self.verify_sizes
+        )
 
     def bearer_token(self) -> str | None:
         """The configured token: `token` (NAVIT_TOKEN) or the first line of `token_file`.

@@ -8,6 +8,9 @@ sent (batches are a pure function of index, config history, epoch, rank and batc
 - `frontier`: per epoch, the first window not yet planned. A config change must start at
   or after it: windows below it may already have left as batches, and re-planning them
   with another config after a restart would change what a trainer already received.
+- `snapshots`: per epoch, the planner's state every few windows (packer.plan.snapshot),
+  derived from the rest, so a restarted service reaches a batch deep in an epoch from
+  the snapshot before it instead of planning the epoch again from its start.
 - `cursors`: each rank's `Cursor` (epoch, next batch index) and when it last moved, for
   /stats and for an operator; the trainer's own cursor in its ticket is what a reconnect
   resumes from. The job keeps the ranks of one world size (`keep_world_size`).
@@ -30,6 +33,12 @@ DB_NAME = "navit-state.sqlite3"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS frontier (epoch INTEGER PRIMARY KEY, next_window INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (
+    epoch INTEGER NOT NULL,
+    window INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (epoch, window)
+);
 CREATE TABLE IF NOT EXISTS cursors (
     rank INTEGER NOT NULL,
     world_size INTEGER NOT NULL,
@@ -110,6 +119,24 @@ class StateStore:
                 "ON CONFLICT(epoch) DO UPDATE SET "
                 "next_window = MAX(next_window, excluded.next_window)",
                 (epoch, next_window),
+            )
+
+    # -- planner snapshots -------------------------------------------------------------
+
+    def planner_snapshots(self, epoch: int) -> list[bytes]:
+        """The planner snapshots of `epoch` (PlannerSnapshot.to_bytes), in window order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT state FROM snapshots WHERE epoch = ? ORDER BY window", (epoch,)
+            ).fetchall()
+        return [bytes(state) for (state,) in rows]
+
+    def save_planner_snapshots(self, epoch: int, snapshots: list[tuple[int, bytes]]) -> None:
+        """Keep (window, state) snapshots of `epoch`; one already kept stays as it is."""
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO snapshots (epoch, window, state) VALUES (?, ?, ?)",
+                [(epoch, window, state) for window, state in snapshots],
             )
 
     # -- rank cursors ------------------------------------------------------------------

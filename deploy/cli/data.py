@@ -18,6 +18,7 @@ from packer.config import PackingConfig
 from packer.plan.history import ConfigHistory
 
 if TYPE_CHECKING:
+    from packer.index.build import IndexOptions
     from packer.index.classes import ClassSummary
 
 EPOCHS_HELP = "epochs, each reshuffled with its own resolution draws (default: 1)"
@@ -33,6 +34,36 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a packing config field, e.g. --set seq_len=512 (repeatable)",
     )
     parser.add_argument("--config", type=Path, help="a JSON file of packing config fields")
+
+
+def add_index_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the dataset's index is built (packer.index.build.IndexOptions)."""
+    parser.add_argument(
+        "--verify-sizes",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="share of the image sizes taken from metadata (WebDataset .json, Parquet "
+        "width/height) whose header is read to check them; a mismatch refuses the index",
+    )
+    parser.add_argument(
+        "--size-columns",
+        default="width,height",
+        metavar="W,H",
+        help="Parquet columns holding each image's width and height",
+    )
+
+
+def index_options(args: argparse.Namespace) -> IndexOptions:
+    from packer.index.build import IndexOptions
+
+    width, _, height = args.size_columns.partition(",")
+    try:
+        return IndexOptions(
+            size_columns=(width.strip(), height.strip()), verify_sizes=args.verify_sizes
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def add_sample_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +89,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--epochs", type=int, default=1, help=EPOCHS_HELP)
     parser.add_argument("--json", action="store_true", help="print the stats as JSON only")
+    add_index_arguments(parser)
 
 
 def check_epochs(epochs: int) -> None:
@@ -67,13 +99,13 @@ def check_epochs(epochs: int) -> None:
 
 def run_simulate(args: argparse.Namespace) -> int:
     from packer.index.cache import load_index
+    from packer.index.image_index import header_rejects
     from packer.index.reject_ledger import RejectLedger
-    from packer.index.table import header_rejects
     from packer.plan.simulate import simulate
 
     check_epochs(args.epochs)
     config = PackingConfig.load(args.config, args.overrides)
-    index = load_index(args.dataset)
+    index = load_index(args.dataset, options=index_options(args))
     classes = show_class_warnings("simulate", index, args.dataset)
     ledger = RejectLedger.for_index(index)
     stats = simulate(index, ConfigHistory.start(config), args.epochs, ledger=ledger).to_dict()
@@ -115,25 +147,29 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
         "every 10 s)",
     )
     parser.add_argument("--json", action="store_true", help="print the stats as JSON only")
+    add_index_arguments(parser)
 
 
 def run_pack(args: argparse.Namespace) -> int:
     from packer.contract.classes import write_class_names
     from packer.index.cache import load_index
-    from packer.index.table import index_stats
-    from packer.pipeline import init_ray, pack_to_dir
+    from packer.index.image_index import index_stats
+    from packer.pipeline import init_ray, pack_to_dir, scan_groups_on_ray
     from packer.plan.simulate import simulate
+    from packer.sources import open_source
 
     check_epochs(args.epochs)
     config = PackingConfig.load(args.config, args.overrides)
-    index = load_index(args.dataset)
+    options = index_options(args)
+    source = open_source(args.dataset)  # a wrong path fails before Ray starts
+    args.out.mkdir(parents=True, exist_ok=True)  # so does an unwritable --out
+    init_ray(args.ray_address, args.num_cpus, verbose=args.verbose)
+    index = load_index(source, options=options, scanner=scan_groups_on_ray)  # on Ray
     classes = show_class_warnings("pack", index, args.dataset)
     history = ConfigHistory.start(config)
     # The planner alone, before any pixel: what the pack should deliver (the live line's
     # total, and the summary's "predicted").
     predicted = simulate(index, history, args.epochs).to_dict()
-    args.out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before Ray
-    init_ray(args.ray_address, args.num_cpus, verbose=args.verbose)
     progress = PackProgress(predicted["images_in"], enabled=not args.no_progress)
     try:
         stats = pack_to_dir(

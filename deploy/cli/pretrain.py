@@ -59,6 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: {DEFAULT_VAL_FRACTION}; 0: none)",
     )
     add("--val-seed", type=int, default=0, help="seed of the held-out split (default: 0)")
+    add(
+        "--verify-sizes",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="share of the image sizes taken from metadata whose header is read to check "
+        "them; a mismatch refuses the index",
+    )
     add_config_arguments(parser)
     trainer = parser.add_argument_group("trainer", trainer_defaults_help())
     add_dataclass_arguments(
@@ -83,6 +91,7 @@ def options_from_args(args: argparse.Namespace) -> PretrainOptions:
         verbose=getattr(args, "verbose", False),
         val_fraction=args.val_fraction,
         val_seed=args.val_seed,
+        verify_sizes=args.verify_sizes,
         overrides=tuple(args.overrides or ()),
         config_file=args.config,
         training={name: getattr(args, name) for name in TRAINER_FIELDS},

@@ -60,6 +60,7 @@ class PretrainOptions:
     # at the packing config's max_res into run_dir/val, scored every eval_every steps.
     val_fraction: float = DEFAULT_VAL_FRACTION  # 0: no split, no validation
     val_seed: int = 0
+    verify_sizes: float = 0.0  # share of metadata sizes checked (packer.index.build)
     overrides: tuple[str, ...] = ()  # packing config KEY=VALUE
     config_file: Path | None = None  # packing config JSON
     training: Mapping[str, Any] = field(default_factory=dict)  # TRAINER_FIELDS values
@@ -78,6 +79,8 @@ class PretrainOptions:
             check_fraction(self.val_fraction)
         except ValueError as error:
             raise ConfigError("val_fraction", str(error).split(": ", 1)[1]) from None
+        if not 0.0 <= self.verify_sizes <= 1.0:
+            raise ConfigError("verify_sizes", f"must lie in [0, 1], got {self.verify_sizes}")
         if self.val_seed < 0:
             raise ConfigError("val_seed", f"must be >= 0, got {self.val_seed}")
         if self.num_cpus is not None and self.num_cpus < 1:

@@ -45,6 +45,8 @@ def service_argv(options: PretrainOptions, run_dir: RunDir) -> list[str]:
     if o.config_file is not None:
         argv.append(f"--config={o.config_file}")
     argv += [f"--set={override}" for override in o.overrides]
+    if o.verify_sizes > 0:
+        argv.append(f"--verify-sizes={o.verify_sizes}")
     if o.val_fraction > 0:
         argv += [f"--holdout-fraction={o.val_fraction}", f"--holdout-seed={o.val_seed}"]
     return argv

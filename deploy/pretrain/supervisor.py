@@ -117,11 +117,14 @@ class Pretrain:
         # The index is loaded here once (and cached); the service then finds it in the
         # cache instead of scanning the headers again. The trainers size their heads from
         # the class names the stream carries.
+        from packer.index.build import IndexOptions
         from packer.index.cache import load_index
         from packer.index.classes import class_summary
-        from packer.index.table import index_stats
+        from packer.index.image_index import index_stats
 
-        index = load_index(self.options.dataset)
+        index = load_index(
+            self.options.dataset, options=IndexOptions(verify_sizes=self.options.verify_sizes)
+        )
         stats = index_stats(index)
         classes = class_summary(index, self.options.dataset)
         self.output.say(

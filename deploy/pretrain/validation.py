@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from deploy.pretrain.options import PretrainOptions
+from packer.index.image_index import ImageIndex
 
 VAL_DIR = "val"
 
@@ -37,7 +36,7 @@ class ValidationSet:
         return int(self.stats["images_packed"])
 
 
-def pack_validation(index: pa.Table, options: PretrainOptions, run_dir: Path) -> ValidationSet:
+def pack_validation(index: ImageIndex, options: PretrainOptions, run_dir: Path) -> ValidationSet:
     """Split `index` as the service will and pack the held-out part into run_dir/val."""
     from packer.config import fixed_resolution_config
     from packer.fill.in_process import write_packed_folder

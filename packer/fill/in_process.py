@@ -15,19 +15,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow as pa
-
 from packer.config import PackingConfig
 from packer.contract.classes import write_class_names
 from packer.contract.packed_folder import epoch_folder, remove_batch_files
 from packer.fill.batch import FillResult, fill_and_write, fill_batch
+from packer.index.image_index import ImageIndex
 from packer.index.table import index_class_names
 from packer.plan.epoch import plan_epoch
 from packer.plan.history import ConfigHistory
 from packer.plan.stats import PackingStats
 
 
-def pack_in_process(index: pa.Table, config: PackingConfig, epoch: int = 0) -> Iterator[FillResult]:
+def pack_in_process(
+    index: ImageIndex, config: PackingConfig, epoch: int = 0
+) -> Iterator[FillResult]:
     """Plan and fill epoch `epoch` of `index` under `config`, batch by batch, no Ray."""
     planned = plan_epoch(index, ConfigHistory.start(config), epoch)
     for plan in planned.planner.iter_plans():
@@ -35,7 +36,7 @@ def pack_in_process(index: pa.Table, config: PackingConfig, epoch: int = 0) -> I
 
 
 def write_packed_folder(
-    index: pa.Table, config: PackingConfig, out_dir: str | Path
+    index: ImageIndex, config: PackingConfig, out_dir: str | Path
 ) -> PackingStats:
     """Pack epoch 0 of `index` into out_dir/epoch-000/batch-*.arrow; the stats of the pack.
 

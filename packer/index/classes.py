@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from packer.index.image_index import ImageIndex
 from packer.index.table import index_class_names
 
 SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing")
@@ -50,13 +51,17 @@ class ClassSummary:
         return f"{len(self.classes)} class{'es' * (len(self.classes) != 1)}: {shown}{more}"
 
 
-def class_summary(index: pa.Table, dataset: str) -> ClassSummary:
+def class_summary(index: ImageIndex | pa.Table, dataset: str) -> ClassSummary:
     """The classes of `index` (the data set at `dataset`), images per class and warnings."""
     classes = index_class_names(index)
-    labels = index.column("label").to_numpy()
-    counts = np.bincount(labels[labels >= 0], minlength=len(classes)) if labels.size else []
+    counts = np.zeros(len(classes), np.int64)
+    unlabelled = 0
+    for chunk in index.column("label").chunks:  # chunk by chunk: no copy of the column
+        labels = chunk.to_numpy(zero_copy_only=False)
+        known = labels[(labels >= 0) & (labels < len(classes))]
+        counts += np.bincount(known, minlength=len(classes))[: len(classes)]
+        unlabelled += int(np.count_nonzero(labels < 0))
     per_class = {name: int(counts[i]) for i, name in enumerate(classes)}
-    unlabelled = int(np.count_nonzero(labels < 0))
     summary = ClassSummary(classes, per_class, unlabelled)
     summary.warnings.extend(_warnings(summary, dataset, index.num_rows))
     return summary

@@ -6,7 +6,8 @@ PNG whose header claims more than its data holds) is planned, then dropped by th
 its sequence ships shorter and the pack differs from what `navit simulate` predicted.
 The fill's rejects are recorded here, beside the index cache, keyed by the index's
 fingerprint (files changed: a new index, an empty ledger), and applied to the index as
-header-style rejects (`error` and `detail` set), so the planner never places them again.
+header-style rejects (marked rows, packer.index.image_index), so the planner never
+places them again.
 
 The rule, which keeps every batch a pure function of its inputs:
 
@@ -32,11 +33,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from packer.contract.files import write_bytes_atomically
 from packer.image.reject import REJECT_REASONS, Reject
+from packer.index.image_index import ImageIndex
 from packer.index.table import index_cache_path
 
 _FINGERPRINT_KEY = b"navit.fingerprint"
@@ -68,7 +67,7 @@ class RejectLedger:
             self.entries = self._read()
 
     @classmethod
-    def for_index(cls, index: pa.Table) -> RejectLedger:
+    def for_index(cls, index: ImageIndex) -> RejectLedger:
         """The ledger of an index from load_index, <hash>.rejects.json beside its cache
         file; an in-memory one for an index built without the cache."""
         cached = index_cache_path(index)
@@ -127,22 +126,19 @@ class RejectLedger:
             if position < job_start or entry.effective_epoch <= epoch
         ]
 
-    def apply(self, index: pa.Table, epoch: int, job_start: int = 0) -> pa.Table:
-        """`index` with every active entry's image rejected (its `error` and `detail`
-        set, as a header reject), for planning `epoch`. The same table when none apply."""
+    def apply(self, index: ImageIndex, epoch: int, job_start: int = 0) -> ImageIndex:
+        """`index` with every active entry's image marked rejected (as a header reject:
+        packer.index.image_index), for planning `epoch`. The same index when none apply."""
         active = self.active(epoch, job_start)
         if not active:
             return index
-        ids = pa.array([entry.image_id for entry in active], pa.string())
-        position = pc.index_in(index.column("image_id"), value_set=ids)
-        reasons = pc.take(pa.array([e.reason for e in active], pa.string()), position)
-        details = pc.take(pa.array([e.detail for e in active], pa.string()), position)
-        error = index.column("error")
-        # A header reject keeps its own reason and detail.
-        new_error = pc.coalesce(error, reasons)
-        new_detail = pc.if_else(error.is_null(), details, index.column("detail"))
-        table = index.set_column(index.schema.get_field_index("error"), "error", new_error)
-        return table.set_column(table.schema.get_field_index("detail"), "detail", new_detail)
+        rows = index.rows_of([entry.image_id for entry in active])
+        marks = {
+            row: (entry.reason, entry.detail)
+            for entry in active
+            for row in rows.get(entry.image_id, ())
+        }
+        return index.marked(marks)
 
     def _read(self) -> list[LedgerEntry]:
         try:

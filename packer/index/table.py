@@ -1,4 +1,4 @@
-"""The index table: one row per image, what its columns mean, and the views of it.
+"""The index table: one row per image, what its columns mean, its key and metadata.
 
 One row per image with its location, label and EXIF-oriented size (packer.index.build
 scans the headers, packer.index.cache keeps the result). An image whose header is
@@ -6,22 +6,19 @@ unreadable stays in the index with width = height = 0, its reason in `error` (e.
 "not_an_image") and the reader's message in `detail`, so it is counted as rejected, never
 lost. Pillow's warnings while reading a header become the image's `notes` (JSON, see
 packer.image.notes). Files of the source's folder that are not dataset files are counted
-by extension in the `navit.skipped` metadata (`index_skipped`).
+by extension in the `navit.skipped` metadata (`index_skipped`). What the packer keeps
+resident of it, and the views of it (rejects, notes, stats): packer.index.image_index.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
-
-from packer.image.notes import ImageNote
-from packer.image.reject import Reject
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -40,7 +37,9 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 # Bump when the index's meaning changes (columns, header rules): old caches then rebuild.
-INDEX_VERSION = 4  # 4: a folder's .tga, .pcx, .sgi... are read as their name says
+# 4: the index is built per file group (packer.index.build); 5: a folder's .tga, .pcx,
+# .sgi... are read as their name says (packer.image.formats).
+INDEX_VERSION = 5
 FINGERPRINT_KEY = b"navit.fingerprint"
 SKIPPED_KEY = b"navit.skipped"
 CACHE_PATH_KEY = b"navit.cache"
@@ -62,65 +61,27 @@ def image_keys(image_ids: list[str]) -> np.ndarray:
     return np.fromiter((image_key(i) for i in image_ids), dtype=np.uint64, count=len(image_ids))
 
 
-def index_cache_path(table: pa.Table) -> Path | None:
+class _WithSchema(Protocol):
+    """An index table, or an ImageIndex (packer.index.image_index): its schema's
+    metadata says where the index came from."""
+
+    @property
+    def schema(self) -> pa.Schema: ...
+
+
+def index_cache_path(index: _WithSchema) -> Path | None:
     """Where load_index cached this index; None for one built otherwise."""
-    raw = (table.schema.metadata or {}).get(CACHE_PATH_KEY)
+    raw = (index.schema.metadata or {}).get(CACHE_PATH_KEY)
     return Path(raw.decode()) if raw else None
 
 
-def index_class_names(table: pa.Table) -> list[str]:
+def index_class_names(index: _WithSchema) -> list[str]:
     """The class names stored in an index's metadata ([] when absent, e.g. synthetic)."""
-    raw = (table.schema.metadata or {}).get(b"navit.class_names")
+    raw = (index.schema.metadata or {}).get(b"navit.class_names")
     return json.loads(raw) if raw else []
 
 
-def header_rejects(table: pa.Table) -> list[Reject]:
-    """Every image rejected before planning: its header could not be read, or the reject
-    ledger marked it (packer.index.reject_ledger)."""
-    failed = table.filter(table.column("error").is_valid())
-    return [
-        Reject(image_id, reason, detail or "")
-        for image_id, reason, detail in zip(
-            failed.column("image_id").to_pylist(),
-            failed.column("error").to_pylist(),
-            failed.column("detail").to_pylist(),
-            strict=True,
-        )
-    ]
-
-
-def header_notes(table: pa.Table) -> list[ImageNote]:
-    """The notes (Pillow warnings) of the header scan, image by image."""
-    if "notes" not in table.column_names:
-        return []
-    noted = table.filter(table.column("notes").is_valid())
-    return [
-        ImageNote(image_id, note["kind"], note["detail"])
-        for image_id, raw in zip(
-            noted.column("image_id").to_pylist(), noted.column("notes").to_pylist(), strict=True
-        )
-        for note in json.loads(raw)
-    ]
-
-
-def index_skipped(table: pa.Table) -> dict[str, int]:
+def index_skipped(index: _WithSchema) -> dict[str, int]:
     """Files of the source not read as dataset files, by extension: {".txt": 3, ".tar": 1}."""
-    raw = (table.schema.metadata or {}).get(SKIPPED_KEY)
+    raw = (index.schema.metadata or {}).get(SKIPPED_KEY)
     return json.loads(raw) if raw else {}
-
-
-def index_stats(table: pa.Table) -> dict[str, Any]:
-    """{"images": n, "valid": k, "rejected": {reason: count}, "labelled": l, "notes":
-    {kind: count}, "skipped": {extension: files}} for an index table."""
-    errors = table.column("error").to_pylist()
-    rejected = Counter(error for error in errors if error is not None)
-    labels = table.column("label").to_numpy()
-    notes = Counter(note.kind for note in header_notes(table))
-    return {
-        "images": table.num_rows,
-        "valid": table.num_rows - sum(rejected.values()),
-        "rejected": dict(sorted(rejected.items())),
-        "labelled": int(np.count_nonzero(labels >= 0)),
-        "notes": dict(sorted(notes.items())),
-        "skipped": index_skipped(table),
-    }

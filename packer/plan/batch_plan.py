@@ -1,7 +1,9 @@
-"""`BatchPlan`: one packed batch as the planner decides it, before any pixel is read.
+"""One packed batch as the planner decides it, before any pixel is read.
 
-It is what the fill step needs (packer.fill), without the index: where each image's bytes
-are, its planned patch grid and kept tokens, and which sequence and slot it lands in.
+- `BatchLayout`: which rows of the index table go to which sequence, and their draws
+  (what the planner keeps and regenerates; simulate and the benches count these);
+- `BatchPlan`: the layout with each image's id, location and label read from the index:
+  everything the fill step needs (packer.fill), without the index.
 """
 
 from __future__ import annotations
@@ -11,7 +13,29 @@ from dataclasses import dataclass
 import numpy as np
 
 from packer.config import PackingConfig
+from packer.index.image_index import ImageIndex
 from packer.plan.history import ConfigVersion
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """One planned batch: which table rows go to which sequence, and their draws.
+
+    Per-image arrays are flat over the batch in row order: `sequence[i]` is the row
+    (0..num_sequences-1) image i lands in, and images of one sequence are in slot order.
+    """
+
+    epoch: int
+    global_batch: int  # the batch's index in the epoch (rank striding: contract.cursor)
+    config_version: int
+    config: PackingConfig
+    num_sequences: int  # rows of the Arrow batch, every one holding an image (but a filler)
+    sequence: np.ndarray  # [N] int32
+    rows: np.ndarray  # [N] int64, the index table's rows
+    key: np.ndarray  # [N] uint64
+    grid_h: np.ndarray  # [N] int64
+    grid_w: np.ndarray  # [N] int64
+    num_kept: np.ndarray  # [N] int64
 
 
 @dataclass(frozen=True)
@@ -26,7 +50,7 @@ class BatchPlan:
     global_batch: int  # the batch's index in the epoch (rank striding: contract.cursor)
     config_version: int
     config: PackingConfig
-    num_sequences: int  # rows in the Arrow batch; rows past the planned ones are padding
+    num_sequences: int  # rows of the Arrow batch, every one holding an image (but a filler)
     sequence: np.ndarray  # [N] int32
     image_ids: list[str]
     uri: list[str]
@@ -46,6 +70,29 @@ class BatchPlan:
     @property
     def real_tokens(self) -> int:
         return int(self.num_kept.sum())
+
+    @classmethod
+    def located(cls, layout: BatchLayout, index: ImageIndex) -> BatchPlan:
+        """The layout with its images' ids, locations and labels read from `index`."""
+        where = index.locations(layout.rows)
+        return cls(
+            epoch=layout.epoch,
+            global_batch=layout.global_batch,
+            config_version=layout.config_version,
+            config=layout.config,
+            num_sequences=layout.num_sequences,
+            sequence=layout.sequence,
+            image_ids=where.image_ids,
+            uri=where.uri,
+            offset=where.offset,
+            length=where.length,
+            source_row=where.source_row,
+            label=where.label,
+            key=layout.key,
+            grid_h=layout.grid_h,
+            grid_w=layout.grid_w,
+            num_kept=layout.num_kept,
+        )
 
     @classmethod
     def empty(cls, epoch: int, global_batch: int, version: ConfigVersion) -> BatchPlan:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pyarrow as pa
-
 from packer.image.reject import Reject
+from packer.index.image_index import ImageIndex, header_rejects
 from packer.index.reject_ledger import RejectLedger
-from packer.index.table import header_rejects
 from packer.plan.history import ConfigHistory
 from packer.plan.planner import EpochPlanner
+from packer.plan.snapshot import SnapshotLog
 
 
 @dataclass(frozen=True)
@@ -33,11 +32,12 @@ class EpochPlan:
 
 
 def plan_epoch(
-    index: pa.Table,
+    index: ImageIndex,
     history: ConfigHistory,
     epoch: int,
     ledger: RejectLedger | None = None,
     job_start: int | None = None,
+    snapshots: SnapshotLog | None = None,
 ) -> EpochPlan:
     """Plan `epoch` of `index` under `history`.
 
@@ -46,7 +46,9 @@ def plan_epoch(
     entry, as simulate and a new pack want) and the job's own from their effective epoch
     on (packer.index.reject_ledger). For an index with two unreadable headers and one
     known decode failure, `rejected` holds the three and the planner places neither.
+    `snapshots` are the epoch's planner snapshots kept so far (packer.plan.snapshot).
     """
     if ledger is not None:
         index = ledger.apply(index, epoch, len(ledger) if job_start is None else job_start)
-    return EpochPlan(epoch, EpochPlanner(index, history, epoch), header_rejects(index))
+    planner = EpochPlanner(index, history, epoch, snapshots=snapshots)
+    return EpochPlan(epoch, planner, header_rejects(index))

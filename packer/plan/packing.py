@@ -196,28 +196,48 @@ def _subset_filling(pool: _WaitingPool, target: int, slots: int) -> list[int]:
     walk back skips an image whenever the rest still reach the sum, so the small images
     that finish other sequences are spent last. For target 9 and waiting sizes
     [2, 2, 3, 5, 7] it picks [7, 2]. More than `slots` images: a largest-first greedy fill.
+
+    Size by size, never copy by copy: the walk back over the m copies of a size s takes
+    the fewest copies t that leave a sum the larger sizes reach (bit `remaining - t * s`
+    of the bitset before s), and once the target itself is reached the smaller sizes
+    would all be skipped, so they are never added. For target 9 and [2, 2, 3, 5, 7]: 7
+    and 5 (above 9 / 2, one copy each) reach {0, 5, 7}; 3 adds {3, 8}; one 2 reaches 9,
+    so the walk back takes one 2 and leaves 7, the one size above the half.
     """
-    copies: list[int] = []
-    for size in reversed(pool.sizes[: bisect.bisect_right(pool.sizes, target)]):
-        copies += [size] * min(len(pool.by_size[size]), target // size)
+    sizes, by_size = pool.sizes, pool.by_size
+    top = bisect.bisect_right(sizes, target)
+    half = bisect.bisect_right(sizes, target // 2, hi=top)
+    # Sizes above target / 2 enter once (two of them pass the target), each adding its
+    # own bit: the walk back takes at most one of them, the one the rest leave to fill.
+    reach = 1
+    for size in sizes[half:top]:
+        reach |= 1 << size
     mask = (1 << (target + 1)) - 1
-    reach, reached = 1, [1]  # reached[i]: sums reachable with copies[:i]
-    for size in copies:
-        reach = (reach | (reach << size)) & mask
-        reached.append(reach)
+    groups: list[tuple[int, int]] = []  # (size, the bitset before its copies)
+    if not reach >> target:
+        for size in reversed(sizes[:half]):
+            groups.append((size, reach))
+            copies = min(len(by_size[size]), target // size)
+            for _ in range(copies):
+                reach = (reach | (reach << size)) & mask
+            if reach >> target:
+                break  # exact already: the smaller sizes would all be skipped
     remaining = reach.bit_length() - 1  # the largest reachable sum
-    picked = []
-    for i in range(len(copies) - 1, -1, -1):
-        if not (reached[i] >> remaining) & 1:
-            picked.append(copies[i])
-            remaining -= copies[i]
+    picked: list[int] = []
+    for size, before in reversed(groups):
+        while not (before >> remaining) & 1:
+            remaining -= size
+            picked.append(size)
+    if remaining:
+        picked.append(remaining)  # the one size above target / 2
     picked.reverse()  # largest first
     if len(picked) <= slots:
         return picked
     greedy: list[int] = []
-    for size in copies:  # largest first
-        if len(greedy) < slots and sum(greedy) + size <= target:
-            greedy.append(size)
+    for size in reversed(sizes[:top]):
+        for _ in range(min(len(by_size[size]), target // size)):  # largest first
+            if len(greedy) < slots and sum(greedy) + size <= target:
+                greedy.append(size)
     return greedy
 
 

@@ -21,7 +21,7 @@ _STREAM_KEPT_TOKENS = 3
 _U64 = np.uint64
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray) -> np.ndarray:
     # SplitMix64's finaliser: a bijective mix of 64-bit words, wrapping arithmetic.
     x = x + _U64(0x9E3779B97F4A7C15)
     x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
@@ -32,10 +32,10 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 def uniform_draws(seed: int, epoch: int, keys: np.ndarray, stream: int) -> np.ndarray:
     """One uniform draw in (0, 1) per key, a pure function of (seed, epoch, key, stream)."""
     with np.errstate(over="ignore"):
-        h = _splitmix64(np.full(keys.shape, seed, dtype=np.uint64))
-        h = _splitmix64(h ^ _U64(epoch))
-        h = _splitmix64(h ^ _U64(stream))
-        h = _splitmix64(h ^ keys.astype(np.uint64))
+        h = splitmix64(np.full(keys.shape, seed, dtype=np.uint64))
+        h = splitmix64(h ^ _U64(epoch))
+        h = splitmix64(h ^ _U64(stream))
+        h = splitmix64(h ^ keys.astype(np.uint64))
     # The top 53 bits make a double; the half offset keeps it strictly inside (0, 1).
     return ((h >> _U64(11)).astype(np.float64) + 0.5) / float(1 << 53)
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 
-import pyarrow as pa
-
+from packer.index.image_index import ImageIndex
 from packer.index.reject_ledger import RejectLedger
 from packer.index.table import index_skipped
 from packer.plan.epoch import plan_epoch
@@ -20,7 +19,7 @@ from packer.plan.stats import PackingStats
 
 
 def simulate(
-    index: pa.Table,
+    index: ImageIndex,
     history: ConfigHistory,
     epochs: int = 1,
     ledger: RejectLedger | None = None,

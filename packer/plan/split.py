@@ -14,8 +14,8 @@ about 40 (within a few of it), and each image's side is fixed by its id.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 
+from packer.index.image_index import ImageIndex
 from packer.index.table import image_keys
 from packer.plan.sampling import uniform_draws
 
@@ -23,6 +23,7 @@ from packer.plan.sampling import uniform_draws
 # rate and kept tokens), at a fixed epoch: the split is the same in every epoch.
 _STREAM_HOLDOUT = 0x5A11
 _SPLIT_EPOCH = 0
+_CHUNK = 1 << 20
 
 
 def check_fraction(val_fraction: float) -> None:
@@ -46,13 +47,18 @@ def held_out_ids(image_ids: list[str], val_fraction: float, seed: int) -> list[s
     return [image_id for image_id, out in zip(image_ids, mask, strict=True) if out]
 
 
-def split_index(index: pa.Table, val_fraction: float, seed: int) -> tuple[pa.Table, pa.Table]:
-    """(train, val): the rows of `index` (packer.index) kept for training and held out.
+def split_index(index: ImageIndex, val_fraction: float, seed: int) -> tuple[ImageIndex, ImageIndex]:
+    """(train, val): the parts of `index` (packer.index) kept for training and held out.
 
-    Both keep the index's schema metadata (source, class names, cache path), so either
-    part plans, packs and finds its reject ledger as the whole index would.
+    Both are views sharing the index's resident columns and metadata (source, class
+    names, cache path), so either part plans, packs and finds its reject ledger as the
+    whole index would. Drawn a million keys at a time: no image-sized temporaries.
     """
-    mask = held_out(index.column("key").to_numpy(), val_fraction, seed)
-    train = index.take(pa.array(np.flatnonzero(~mask)))
-    val = index.take(pa.array(np.flatnonzero(mask)))
-    return train, val
+    check_fraction(val_fraction)
+    keys = index.columns.key if index.rows is None else index.columns.key[index.rows]
+    mask = np.zeros(len(keys), bool)
+    for start in range(0, len(keys), _CHUNK):
+        mask[start : start + _CHUNK] = held_out(keys[start : start + _CHUNK], val_fraction, seed)
+    held = np.flatnonzero(mask)
+    train = index if not len(held) else index.view(np.flatnonzero(~mask))
+    return train, index.view(held)

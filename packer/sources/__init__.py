@@ -11,20 +11,22 @@ common base), one module per kind (`image_folder`, `webdataset`, `parquet`), `de
 `reader` (`ByteReader`).
 """
 
-from packer.sources.detect import open_source
+from packer.sources.detect import open_source, source_of
 from packer.sources.errors import DatasetError
 from packer.sources.location import normalize_uri
 from packer.sources.parquet import image_column
 from packer.sources.reader import ByteReader
 from packer.sources.record import Record
-from packer.sources.source import Source
+from packer.sources.source import FileGroup, Source
 
 __all__ = [
     "ByteReader",
     "DatasetError",
+    "FileGroup",
     "Record",
     "Source",
     "image_column",
     "normalize_uri",
     "open_source",
+    "source_of",
 ]

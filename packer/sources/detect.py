@@ -16,7 +16,7 @@ from packer.sources.errors import DatasetError
 from packer.sources.image_folder import ImageFolderSource
 from packer.sources.location import Location, extension
 from packer.sources.parquet import ParquetSource
-from packer.sources.source import Source, skipped_by_extension
+from packer.sources.source import FileGroup, Source, skipped_by_extension
 from packer.sources.webdataset import WebDatasetSource
 
 _SOURCE_TYPES: tuple[type[Source], ...] = (ImageFolderSource, WebDatasetSource, ParquetSource)
@@ -25,6 +25,12 @@ _WHAT_A_DATASET_IS = (
     "give a folder of class subfolders of image files (.jpg, .png, .webp, ...), "
     "WebDataset *.tar shards, or *.parquet files"
 )
+
+
+def source_of(group: FileGroup) -> Source:
+    """The source a file group belongs to, without listing it again (on a worker)."""
+    kind = next(t for t in _SOURCE_TYPES if t.kind == group.kind)
+    return kind(Location.open(group.root))
 
 
 def open_source(uri: str) -> Source:

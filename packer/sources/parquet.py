@@ -7,7 +7,7 @@ import bisect
 import json
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -15,134 +15,101 @@ import pyarrow.parquet as pq
 
 from packer.sources.errors import DatasetError
 from packer.sources.record import Record
-from packer.sources.source import Source, numbered_classes
+from packer.sources.source import SIZE_COLUMNS, FileGroup, Source, numbered_classes
 
 # Parquet columns that may hold a string id for each row, in order of preference.
 _PARQUET_ID_COLUMNS = ("image_id", "key", "path")
 
 
 @dataclass(frozen=True)
-class _ParquetFileMeta:
-    """What a Parquet source keeps of one file: ids, labels, row group bounds."""
-
-    uri: str
-    name: str  # relative to the source root
-    num_rows: int
-    ids: list[str | None] | None
-    labels: list[Any] | None  # ints, strings or None
-    row_group_starts: list[int]
-    label_names: list[str] | None
-
-
-@dataclass(frozen=True)
 class ParquetSource(Source):
     """*.parquet: image bytes in `image` (binary, or a struct with `bytes` as HF datasets
-    write), else the first binary column; label from `label` if present, else -1."""
+    write), else the first binary column; label from `label` if present, else -1; each
+    image's size from integer `width` and `height` columns when the file has them (the
+    LAION/DataComp metadata convention; other names: `size_columns`), so the index reads
+    no image bytes for it."""
 
     kind: ClassVar[str] = "parquet"
     member_extensions: ClassVar[tuple[str, ...]] = (".parquet",)
 
-    @property
-    def _files_meta(self) -> list[_ParquetFileMeta]:
-        return self._scanned[0]
-
-    @cached_property
-    def _scanned(self) -> tuple[list[_ParquetFileMeta], list[Record]]:
-        """Ids, labels and row groups of every readable file, and a stand-in record for
-        each unreadable one. A schema without an image column is a ValueError instead:
-        the dataset is misdescribed, not damaged."""
-        metas: list[_ParquetFileMeta] = []
-        unreadable: list[Record] = []
-        for entry in self.files(self.member_extensions):
-            uri = self.location.uri_of(entry.path)
-            try:
-                with self.location.fs.open_input_file(entry.path) as handle:
-                    parquet = pq.ParquetFile(handle)
-                    schema = parquet.schema_arrow
-                    id_name = _id_column(schema)
-                    columns = [name for name in (id_name, "label") if name in schema.names]
-                    table = parquet.read(columns=columns)
-                    starts = row_group_starts(parquet.metadata)
-            except (OSError, pa.ArrowException):
-                unreadable.append(Record.unreadable(self.location.relative(entry.path), uri))
-                continue
-            try:
-                image_column(schema)
-            except ValueError as error:
-                raise DatasetError(f"parquet file {uri!r}: {error}") from error
-            metas.append(
-                _ParquetFileMeta(
-                    uri=uri,
-                    name=self.location.relative(entry.path),
-                    num_rows=table.num_rows,
-                    ids=table.column(id_name).to_pylist() if id_name else None,
-                    labels=table.column("label").to_pylist() if "label" in columns else None,
-                    row_group_starts=starts,
-                    label_names=_hf_label_names(schema),
-                )
-            )
-        return metas, unreadable
-
-    @cached_property
-    def _label_names(self) -> list[str] | None:
-        """Class names: HF ClassLabel names, or the sorted values of a string label."""
-        strings = {
-            label
-            for meta in self._files_meta
-            for label in meta.labels or ()
-            if isinstance(label, str)
-        }
-        if strings:
-            return sorted(strings)
-        return next((m.label_names for m in self._files_meta if m.label_names), None)
-
     @cached_property
     def class_names(self) -> list[str]:  # type: ignore[override]
-        if self._label_names is not None:
-            return list(self._label_names)
-        return numbered_classes(record.label for record in self.records())
+        """Class names: the sorted values of a string label, or HF ClassLabel names."""
+        records = self.records()
+        texts = self.label_texts(records)
+        if texts:
+            return texts
+        for group in self.file_groups():
+            names = self.label_names_of(group)
+            if names:
+                return names
+        return numbered_classes(record.label for record in records)
 
-    def records(self) -> list[Record]:
-        lookup = {name: i for i, name in enumerate(self._label_names or ())}
+    def label_names_of(self, group: FileGroup) -> list[str] | None:
+        """The Hugging Face ClassLabel names a group's file declares, if any."""
+        try:
+            with self.location.fs.open_input_file(group.paths[0]) as handle:
+                return _hf_label_names(pq.ParquetFile(handle).schema_arrow)
+        except (OSError, pa.ArrowException):
+            return None
+
+    def group_records(
+        self, group: FileGroup, size_columns: tuple[str, str] | None = SIZE_COLUMNS
+    ) -> list[Record]:
+        return [r for path in group.paths for r in self._file_records(path, size_columns)]
+
+    def _file_records(self, path: str, size_columns: tuple[str, str] | None) -> list[Record]:
+        uri = self.location.uri_of(path)
+        name = self.location.relative(path)
+        try:
+            with self.location.fs.open_input_file(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                schema = parquet.schema_arrow
+                id_name = _id_column(schema)
+                sizes = _size_columns(schema, size_columns)
+                wanted = [id_name, "label", *sizes]
+                columns = [c for c in wanted if c is not None and c in schema.names]
+                table = parquet.read(columns=columns)
+        except (OSError, pa.ArrowException):
+            return [Record.unreadable(name, uri)]
+        try:
+            image_column(schema)
+        except ValueError as error:
+            raise DatasetError(f"parquet file {uri!r}: {error}") from error
+        n = table.num_rows
+        ids = table.column(id_name).to_pylist() if id_name else [None] * n
+        labels = table.column("label").to_pylist() if "label" in columns else [None] * n
+        widths = heights = [None] * n
+        if sizes:
+            widths, heights = (table.column(c).to_pylist() for c in sizes)
         records = []
-        for meta in self._files_meta:
-            for row in range(meta.num_rows):
-                label = meta.labels[row] if meta.labels is not None else None
-                if isinstance(label, str):
-                    label = lookup[label]
-                image_id = meta.ids[row] if meta.ids is not None else None
-                records.append(
-                    Record(
-                        image_id=image_id or f"{meta.name}/{row}",
-                        uri=meta.uri,
-                        offset=-1,
-                        length=-1,
-                        source_row=row,
-                        label=-1 if label is None else int(label),
-                    )
+        for row, (image_id, label, width, height) in enumerate(
+            zip(ids, labels, widths, heights, strict=True)
+        ):
+            known = width is not None and height is not None and width > 0 and height > 0
+            records.append(
+                Record(
+                    image_id=image_id or f"{name}/{row}",
+                    uri=uri,
+                    offset=-1,
+                    length=-1,
+                    source_row=row,
+                    label=label if isinstance(label, int) else -1,
+                    width=width if known else -1,
+                    height=height if known else -1,
+                    label_name=label if isinstance(label, str) else None,
                 )
-        return records + self._scanned[1]
-
-    def header_chunks(self, chunk_size: int = 256) -> list[list[Record]]:
-        # One chunk per row group, so each thread decodes a row group once.
-        by_file = {meta.uri: meta.row_group_starts for meta in self._files_meta}
-        chunks: list[list[Record]] = []
-        current: list[Record] = []
-        current_group: tuple[str, int] | None = None
-        for record in self.records():
-            starts = by_file.get(record.uri)  # None for an unreadable file's stand-in
-            group = (
-                record.uri,
-                bisect.bisect_right(starts, record.source_row) - 1 if starts else -1,
             )
-            if group != current_group and current:
-                chunks.append(current)
-                current = []
-            current_group = group
-            current.append(record)
-        if current:
-            chunks.append(current)
-        return chunks
+        return records
+
+
+def _size_columns(schema: pa.Schema, names: tuple[str, str] | None) -> tuple[str, ...]:
+    """The size columns to read: both named ones when they hold integers, else none."""
+    if names is None or not all(n in schema.names for n in names):
+        return ()
+    if not all(pa.types.is_integer(schema.field(n).type) for n in names):
+        return ()
+    return tuple(names)
 
 
 class ParquetImages:

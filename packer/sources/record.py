@@ -19,6 +19,11 @@ UNREADABLE = "#unreadable"
 class Record:
     """One image's location. `nbytes` is its encoded size when a listing gives it, else -1.
 
+    `width` and `height` are the image's size when the dataset's metadata states it (a
+    WebDataset sample's .json, a Parquet file's size columns: `SizeColumns`), else -1:
+    then the index reads the header. `label_name` is a label given as text (Parquet),
+    numbered once every file is known.
+
     `error` is set (to "read_error") only on the stand-in record of a container that could
     not be listed: "shard-7.tar/#unreadable" keeps a broken shard counted as rejected
     instead of silently missing, or failing the whole scan.
@@ -32,6 +37,9 @@ class Record:
     label: int
     nbytes: int = -1
     error: str | None = None
+    width: int = -1
+    height: int = -1
+    label_name: str | None = None
 
     def __post_init__(self) -> None:
         if not self.image_id:

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from packer.config import ConfigError, PackingConfig
+from packer.index.image_index import ImageIndex
 from packer.plan.history import ConfigHistory, ConfigVersion
-from packer.plan.planner import EpochPlanner
+from packer.plan.planner import PLANNER_VERSION, EpochPlanner
 from packer.plan.simulate import simulate
 from service.job.errors import ConfigConflict, VersionMismatch
 from service.job.planning import EpochPlanners
@@ -48,13 +48,17 @@ class ConfigPrediction:
     warning: str | None
 
 
-def index_fingerprint(index: pa.Table) -> str:
-    """A digest of the image ids, sizes and header errors: what planning depends on."""
-    columns = index.select(["image_id", "width", "height", "key", "error"])
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, columns.schema) as writer:
-        writer.write_table(columns)
-    return hashlib.sha256(sink.getvalue()).hexdigest()
+def index_fingerprint(index: ImageIndex) -> str:
+    """A digest of what planning depends on: each image's key (a hash of its id), size
+    and header error, the rows of a view, and the planner's version (a state dir whose
+    batches an older planner decided is refused, as another dataset's would be)."""
+    digest = hashlib.blake2b(f"planner v{PLANNER_VERSION}\n".encode(), digest_size=32)
+    columns = index.columns
+    for values in (columns.width, columns.height, columns.key, columns.error):
+        digest.update(np.ascontiguousarray(values).data)
+    if index.rows is not None:
+        digest.update(np.ascontiguousarray(index.rows).data)
+    return digest.hexdigest()
 
 
 def batch_bytes(config: PackingConfig) -> int:
@@ -67,7 +71,7 @@ class ConfigControl:
 
     def __init__(
         self,
-        index: pa.Table,
+        index: ImageIndex,
         config: PackingConfig,
         state: StateStore,
         *,
@@ -215,13 +219,13 @@ class ConfigControl:
 
     # -- what-if -----------------------------------------------------------------------
 
-    def sample_index(self, size: int, seed: int = 0) -> pa.Table:
-        """`size` rows of the index drawn without replacement, in index order."""
+    def sample_index(self, size: int, seed: int = 0) -> ImageIndex:
+        """`size` rows of the index drawn without replacement, in index order (a view)."""
         n = self.index.num_rows
         if size >= n:
             return self.index
         rows = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
-        return self.index.take(pa.array(rows))
+        return self.index.view(rows)
 
     def simulate(
         self, changes: dict[str, Any], sample_size: int | None = None, epochs: int = 1

@@ -18,7 +18,8 @@ from packer.config import PackingConfig
 from packer.contract.cursor import Cursor
 from packer.contract.schema import packed_schema
 from packer.index.classes import class_summary
-from packer.index.table import header_rejects, index_skipped
+from packer.index.image_index import ImageIndex
+from packer.index.table import index_skipped
 from packer.plan.history import ConfigHistory, ConfigVersion
 from packer.plan.split import split_index
 from service.batch_source import OutgoingBatch
@@ -36,7 +37,7 @@ class ServiceJob:
 
     def __init__(
         self,
-        index: pa.Table,
+        index: ImageIndex,
         config: PackingConfig,
         state: StateStore,
         *,
@@ -60,7 +61,7 @@ class ServiceJob:
         self.dataset = dataset
         self.started_at = time.time()
         self.num_images = index.num_rows
-        self.num_valid_images = index.num_rows - len(header_rejects(index))
+        self.num_valid_images = index.num_plannable
         self.stats = LiveStats()
         self.stats.add_skipped(index_skipped(index))
         self.config_control = ConfigControl(

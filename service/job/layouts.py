@@ -18,7 +18,7 @@ from packer.contract.schema import PackedBatch
 
 
 @dataclass(frozen=True)
-class BatchLayout:
+class SentLayout:
     """The token layout of a batch sent lately: which image spans which tokens."""
 
     metadata: BatchMetadata
@@ -28,7 +28,7 @@ class BatchLayout:
     labels: np.ndarray  # [N]
 
     @classmethod
-    def of(cls, metadata: BatchMetadata, packed: PackedBatch) -> BatchLayout:
+    def of(cls, metadata: BatchMetadata, packed: PackedBatch) -> SentLayout:
         # Copies: a view would pin the whole batch, pixels included.
         return cls(
             metadata,
@@ -84,12 +84,12 @@ class RecentLayouts:
     def __init__(self, keep: int) -> None:
         self.keep = keep
         self._lock = threading.Lock()
-        self._layouts: deque[BatchLayout] = deque(maxlen=keep)
+        self._layouts: deque[SentLayout] = deque(maxlen=keep)
 
     def add(self, metadata: BatchMetadata, packed: PackedBatch) -> None:
         if not packed.num_images:
             return  # an all-padding batch: nothing to draw
-        layout = BatchLayout.of(metadata, packed)
+        layout = SentLayout.of(metadata, packed)
         with self._lock:
             self._layouts.append(layout)
 

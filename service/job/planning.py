@@ -5,6 +5,11 @@ batch is the same whichever rank asks first, and a config change lands at one wi
 for all ranks. Planning is cheap and never waits for a consumer, so sharing the lock
 holds no rank up behind another's slow trainer.
 
+Each epoch's planner snapshots (packer.plan.snapshot) are kept with it and saved to the
+state store as they are made, so a trainer resuming deep in an epoch, also after a
+service restart, is served from the snapshot before its batch: a few windows planned,
+never the epoch from its start.
+
 The planned frontier (per epoch, the first window not planned yet) is persisted before a
 plan leaves: a window whose batches may have been sent must never be re-planned with
 another config after a restart, so a config change starts at or after it.
@@ -22,16 +27,16 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-import pyarrow as pa
-
 from packer.config import PackingConfig
 from packer.contract.cursor import Cursor, TicketError
 from packer.image.reject import Reject
+from packer.index.image_index import ImageIndex
 from packer.index.reject_ledger import RejectLedger
 from packer.plan.batch_plan import BatchPlan
 from packer.plan.epoch import EpochPlan, plan_epoch
 from packer.plan.history import ConfigHistory, ConfigVersion
 from packer.plan.planner import EpochPlanner
+from packer.plan.snapshot import PlannerSnapshot, SnapshotLog
 from service.state import StateStore
 
 # Planners are cheap to rebuild (deterministic), so only the latest few epochs are kept.
@@ -46,7 +51,7 @@ class EpochPlanners:
 
     def __init__(
         self,
-        index: pa.Table,
+        index: ImageIndex,
         history: ConfigHistory,
         state: StateStore,
         ledger: RejectLedger | None = None,
@@ -66,6 +71,7 @@ class EpochPlanners:
         # the history when it plans a window, so an append must not interleave with it.
         self._lock = threading.RLock()
         self._epoch_plans: OrderedDict[int, EpochPlan] = OrderedDict()
+        self._saved_snapshot: dict[int, int] = {}  # epoch -> last window saved to the store
         self._frontier = state.frontier()
         # The highest epoch any planner has planned, here or before a restart (its
         # frontier): a reject found now applies from the epoch after it.
@@ -76,6 +82,7 @@ class EpochPlanners:
         with self._lock:
             planner = self._planner(cursor.epoch)
             plan = planner.rank_plan(cursor.rank, cursor.world_size, cursor.next_batch)
+            self._save_snapshots(cursor.epoch, planner.snapshots)
             # Persist the frontier before the plan leaves (see the module docstring).
             if planner.next_window > self._frontier.get(cursor.epoch, 0):
                 self._frontier[cursor.epoch] = planner.next_window
@@ -127,6 +134,14 @@ class EpochPlanners:
             self._state.save_history(self.history)
             return entry
 
+    def _save_snapshots(self, epoch: int, log: SnapshotLog) -> None:
+        """Save the snapshots `epoch`'s planners made since the last save."""
+        saved = self._saved_snapshot.get(epoch, 0)
+        new = log.after(saved)
+        if new:
+            self._state.save_planner_snapshots(epoch, [(s.window, s.to_bytes()) for s in new])
+            self._saved_snapshot[epoch] = new[-1].window
+
     def _planner(self, epoch: int) -> EpochPlanner:
         """The shared planner of `epoch` (call with the lock held)."""
         return self._epoch_plan(epoch).planner
@@ -135,7 +150,14 @@ class EpochPlanners:
         """The shared plan of `epoch` (call with the lock held)."""
         planned = self._epoch_plans.get(epoch)
         if planned is None:
-            planned = plan_epoch(self.index, self.history, epoch, self.ledger, self.job_start)
+            log = SnapshotLog()
+            for stored in self._state.planner_snapshots(epoch):
+                log.add(PlannerSnapshot.from_bytes(stored))
+            if len(log):
+                self._saved_snapshot[epoch] = log.after(-1)[-1].window
+            planned = plan_epoch(
+                self.index, self.history, epoch, self.ledger, self.job_start, snapshots=log
+            )
             self._epoch_plans[epoch] = planned
             self._planned_epoch = max(self._planned_epoch, epoch)
             while len(self._epoch_plans) > _PLANNERS_KEPT:

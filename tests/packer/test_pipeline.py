@@ -264,3 +264,19 @@ def test_every_file_of_the_format_corpus_is_packed_rejected_with_detail_or_skipp
     assert ("header", "odd/too_many_samples.tif", "decoder_message") in noted
     assert ("decode", "odd/stray_marker.tif", "decoder_message") in noted
     assert capfd.readouterr().err == ""
+
+
+def test_the_header_scan_on_ray_builds_the_index_the_threads_build(tmp_path):
+    from packer.index.build import IndexOptions
+    from packer.pipeline import scan_groups_on_ray
+    from packer.sample_data import write_webdataset_shards
+
+    write_sample_dataset(tmp_path / "folder", 12, seed=3)
+    write_webdataset_shards(tmp_path / "folder", tmp_path / "wds", images_per_shard=4)
+    on_ray = load_index(
+        str(tmp_path / "wds"), cache_dir=tmp_path / "ray-cache", scanner=scan_groups_on_ray
+    )
+    on_threads = load_index(str(tmp_path / "wds"), cache_dir=tmp_path / "thread-cache")
+    assert on_ray.num_rows == 12
+    assert on_ray.table.equals(on_threads.table)
+    assert list(scan_groups_on_ray([], IndexOptions())) == []  # nothing new: no task

@@ -8,16 +8,17 @@ import numpy as np
 import pyarrow as pa
 
 from packer.index.classes import class_summary
+from packer.index.image_index import ImageIndex
 from packer.synthetic import synthetic_index
 
 
-def _index(labels: list[int], class_names: list[str]) -> pa.Table:
-    index = synthetic_index(np.full(len(labels), 64), np.full(len(labels), 48))
-    index = index.set_column(
-        index.schema.get_field_index("label"), "label", pa.array(labels, pa.int64())
+def _index(labels: list[int], class_names: list[str]) -> ImageIndex:
+    table = synthetic_index(np.full(len(labels), 64), np.full(len(labels), 48)).table
+    table = table.set_column(
+        table.schema.get_field_index("label"), "label", pa.array(labels, pa.int64())
     )
-    metadata = {**(index.schema.metadata or {}), b"navit.class_names": json.dumps(class_names)}
-    return index.replace_schema_metadata(metadata)
+    metadata = {**(table.schema.metadata or {}), b"navit.class_names": json.dumps(class_names)}
+    return ImageIndex.from_table(table.replace_schema_metadata(metadata))
 
 
 def test_images_per_class_are_counted_by_name_without_warnings():

@@ -9,19 +9,15 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-import packer.index.cache as index_module
+import packer.index.build as build_module
 from packer.image.imageio import read_header
 from packer.index.build import HEADER_BYTES, build_index
 from packer.index.cache import cache_path, load_index
-from packer.index.table import (
-    INDEX_SCHEMA,
-    INDEX_VERSION,
-    image_key,
-    index_class_names,
-    index_stats,
-)
+from packer.index.image_index import ImageIndex, index_stats
+from packer.index.table import INDEX_SCHEMA, INDEX_VERSION, image_key, index_class_names
 from packer.sample_data import write_parquet, write_sample_dataset, write_webdataset_shards
 from packer.sources import open_source
+from packer.synthetic import imagenet_like_index
 from tests.packer import image_cases as cases
 
 
@@ -34,15 +30,15 @@ def folder(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def counted_builds(monkeypatch) -> list[str]:
-    """Counts build_index calls made by load_index (a cache hit makes none)."""
+    """The file groups load_index scans, by first path (a cache hit scans none)."""
     calls: list[str] = []
-    real = index_module.build_index
+    real = build_module.scan_group
 
-    def counting(source, num_threads=8):
-        calls.append(source.uri)
-        return real(source, num_threads)
+    def counting(group, options):
+        calls.append(group.name)
+        return real(group, options)
 
-    monkeypatch.setattr(index_module, "build_index", counting)
+    monkeypatch.setattr(build_module, "scan_group", counting)
     return calls
 
 
@@ -169,11 +165,11 @@ def test_load_index_cache_hit_returns_the_same_table_without_rescanning(
     folder, tmp_path, counted_builds
 ):
     first = load_index(str(folder), cache_dir=tmp_path)
-    assert counted_builds == [str(folder)]
+    assert len(counted_builds) == 1  # ten files: one group
     assert cache_path(str(folder), tmp_path).exists()
     second = load_index(str(folder), cache_dir=tmp_path)
-    assert counted_builds == [str(folder)]  # no rescan
-    assert second.equals(first, check_metadata=True)
+    assert len(counted_builds) == 1  # no rescan
+    assert second.table.equals(first.table, check_metadata=True)
     metadata = second.schema.metadata
     assert json.loads(metadata[b"navit.class_names"])[0] == "checkers"
     assert metadata[b"navit.fingerprint"].startswith(f"v{INDEX_VERSION}:".encode())
@@ -195,7 +191,7 @@ def test_adding_a_file_invalidates_the_cached_index(tmp_path, counted_builds):
 def test_cache_dir_defaults_to_navit_cache_dir(tmp_path, monkeypatch, folder):
     monkeypatch.setenv("NAVIT_CACHE_DIR", str(tmp_path / "env-cache"))
     load_index(str(folder))
-    assert list((tmp_path / "env-cache").glob("*.parquet"))
+    assert list((tmp_path / "env-cache").glob("*/index.arrow"))
 
 
 def test_a_corrupt_cache_file_is_rebuilt_not_fatal(folder, tmp_path, counted_builds):
@@ -206,10 +202,13 @@ def test_a_corrupt_cache_file_is_rebuilt_not_fatal(folder, tmp_path, counted_bui
 
 
 def test_index_stats_counts_images_valid_and_rejected_by_reason():
-    table = pa.table(
-        {"error": pa.array([None, "empty", None, "empty", "truncated"]), "label": [0, 1, -1, 2, 3]}
+    table = imagenet_like_index(5).table
+    table = table.set_column(
+        table.schema.get_field_index("error"),
+        "error",
+        pa.array([None, "empty", None, "empty", "truncated"], pa.string()),
     )
-    stats = index_stats(table)
+    stats = index_stats(ImageIndex.from_table(table))
     assert stats["images"] == 5 and stats["valid"] == 2
     assert stats["rejected"] == {"empty": 2, "truncated": 1}
 
@@ -238,7 +237,8 @@ def test_an_unreadable_parquet_file_is_a_rejected_entry_not_a_crash(folder, tmp_
 
 
 def test_header_rejects_carry_the_readers_message_and_warnings_become_notes(tmp_path, capfd):
-    from packer.index.table import header_notes, header_rejects, index_skipped
+    from packer.index.image_index import header_notes, header_rejects
+    from packer.index.table import index_skipped
     from tests.packer.format_cases import corrupt_exif_jpeg
 
     (tmp_path / "a").mkdir()

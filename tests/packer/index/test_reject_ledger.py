@@ -6,8 +6,8 @@ import pyarrow as pa
 
 from packer.config import PackingConfig
 from packer.index.cache import load_index
+from packer.index.image_index import header_rejects
 from packer.index.reject_ledger import RejectLedger
-from packer.index.table import header_rejects
 from packer.plan.history import ConfigHistory
 from packer.plan.planner import EpochPlanner
 from packer.synthetic import imagenet_like_index
@@ -52,7 +52,7 @@ def test_a_reloaded_ledger_plans_every_epoch_byte_identically(tmp_path):
         (tmp_path / "data" / "a" / f"{i:02d}.jpg").write_bytes(cases.photo_jpeg(seed=i))
     index = load_index(str(tmp_path / "data"), cache_dir=tmp_path / "cache")
     ledger = RejectLedger.for_index(index)
-    assert ledger.path is not None and ledger.path.parent == tmp_path / "cache"
+    assert ledger.path is not None and ledger.path.parent.parent == tmp_path / "cache"
     ledger.record([("a/03.jpg", "truncated", "cut")], effective_epoch=1)
     ledger.record([("a/03.jpg", "decode_error", "again"), ("a/05.jpg", "truncated", "x")], 2)
     reloaded = RejectLedger.for_index(

@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from packer.config import PackingConfig
+from packer.index.image_index import ImageIndex
 from packer.plan.history import ConfigHistory
 from packer.plan.packing import lower_bound_sequences
 from packer.plan.planner import EpochPlanner
@@ -14,11 +15,13 @@ from packer.synthetic import imagenet_like_index, imagenet_like_sizes, synthetic
 SMALL = PackingConfig(seq_len=256, max_res=256, batch_size=3, pack_window=40, max_images_per_seq=6)
 
 
-def _with_errors(index: pa.Table, bad_rows: list[int]) -> pa.Table:
-    errors = index.column("error").to_pylist()
+def _with_errors(index: ImageIndex, bad_rows: list[int]) -> ImageIndex:
+    table = index.table
+    errors = table.column("error").to_pylist()
     for r in bad_rows:
         errors[r] = "truncated"
-    return index.set_column(index.schema.get_field_index("error"), "error", pa.array(errors))
+    error_at = table.schema.get_field_index("error")
+    return ImageIndex.from_table(table.set_column(error_at, "error", pa.array(errors)))
 
 
 def _planned_ids(plans) -> list[str]:
@@ -161,7 +164,7 @@ def test_planner_keeps_few_plans_and_regenerates_forgotten_ones_identically():
     history = ConfigHistory.start(SMALL)
     bounded = EpochPlanner(index, history, 0, max_kept_batches=3)
     plans = list(bounded.iter_plans())
-    assert len(bounded._batches) == 3 < len(plans)
+    assert len(bounded._layouts) == 3 < len(plans)
     again = [bounded.plan(j) for j in range(len(plans))]  # forgotten: replayed, in one pass
     assert [p.image_ids for p in again] == [p.image_ids for p in plans]
     assert np.array_equal(again[0].num_kept, plans[0].num_kept)

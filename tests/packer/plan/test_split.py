@@ -5,16 +5,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
+from packer.index.image_index import ImageIndex
 from packer.index.table import image_keys
 from packer.plan.split import held_out, held_out_ids, split_index
 from packer.synthetic import imagenet_like_index
 
 
 def test_split_is_a_partition_of_the_index_and_keeps_its_metadata():
-    index = imagenet_like_index(500).replace_schema_metadata({b"navit.source": b"somewhere"})
+    index = imagenet_like_index(500).with_metadata({b"navit.source": b"somewhere"})
     train, val = split_index(index, 0.2, seed=3)
     train_ids = set(train.column("image_id").to_pylist())
     val_ids = set(val.column("image_id").to_pylist())
@@ -75,4 +75,4 @@ def test_an_empty_index_splits_into_two_empty_parts():
     index = imagenet_like_index(0)
     train, val = split_index(index, 0.1, 0)
     assert train.num_rows == val.num_rows == 0
-    assert isinstance(train, pa.Table)
+    assert isinstance(train, ImageIndex)

@@ -32,8 +32,8 @@ def test_parquet_rows_read_back_the_folder_images_across_row_groups(folder, tmp_
     # Out of order reads still hit the right row group.
     assert reader.read(records[0].uri, -1, -1, 11) == folder_bytes[folder_ids[11]]
     assert reader.read(records[0].uri, -1, -1, 2) == folder_bytes[folder_ids[2]]
-    # Each chunk of the header scan is one row group.
-    assert [len(chunk) for chunk in source.header_chunks()] == [5, 5, 2]
+    # The index scans the file as one group.
+    assert [len(group.paths) for group in source.file_groups()] == [1]
 
 
 def test_parquet_id_column_becomes_the_image_id(folder, tmp_path):

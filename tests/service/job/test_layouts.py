@@ -7,7 +7,7 @@ import pytest
 
 from packer.contract.cursor import BatchMetadata
 from packer.contract.schema import PackedBatch
-from service.job.layouts import BatchLayout, RecentLayouts
+from service.job.layouts import RecentLayouts, SentLayout
 
 
 def _packed(rows: list[list[int]], image_ids: list[str]) -> PackedBatch:
@@ -25,7 +25,7 @@ def _metadata(batch: int) -> BatchMetadata:
 
 def test_a_layout_gives_each_image_its_token_span():
     packed = _packed([[1, 1, 1, 2, 2, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], ["a", "b", "c"])
-    (first, last) = BatchLayout.of(_metadata(4), packed).sequences()
+    (first, last) = SentLayout.of(_metadata(4), packed).sequences()
     assert first["segments"] == [
         {"slot": 1, "start": 0, "length": 3, "image_id": "a", "label": 0},
         {"slot": 2, "start": 3, "length": 2, "image_id": "b", "label": 1},

@@ -171,3 +171,25 @@ def test_stats_show_pillow_notes_and_skipped_files(undecodable_dataset, tmp_path
     assert summary["skipped_by_extension"] == {".txt": 1}
     assert summary["notes"].get("corrupt_metadata", 0) >= 1
     assert summary["packing"]["notes"] == summary["notes"]
+
+
+def test_a_restarted_service_resumes_deep_in_an_epoch_from_a_saved_snapshot(tmp_path):
+    from packer.synthetic import imagenet_like_index
+
+    index = imagenet_like_index(8000, 3)  # 250 windows of 32: snapshots at 64, 128, 192
+    config = SMALL_CONFIG.replace(pack_window=32)
+    state = StateStore(tmp_path)
+    first = EpochPlanners(index, ConfigHistory.start(config), state)
+    total = 0
+    while first.plan(Cursor(0, 1, 0, total)) is not None:
+        total += 1
+    deep = int(total * 0.9)
+    expected = first.plan(Cursor(0, 1, 0, deep))
+    saved = state.planner_snapshots(0)
+    assert len(saved) >= 2  # one every 64 windows, saved as they were made
+    restarted = EpochPlanners(index, ConfigHistory.start(config), state)
+    resumed = restarted.plan(Cursor(0, 1, 0, deep))
+    assert resumed.image_ids == expected.image_ids
+    assert np.array_equal(resumed.num_kept, expected.num_kept)
+    planner = restarted._planner(0)
+    assert planner.next_window - planner.snapshots.before(deep).window <= 64
