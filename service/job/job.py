@@ -1,9 +1,10 @@
 """`ServiceJob`: the packing job behind the service, wiring its parts together.
 
 One job owns the index, the config (`ConfigControl`: history, planners, changes,
-what-if runs), the rank streams (`RankStreams`: planning per rank, bounded fills,
-cursors), the live statistics, the layouts sent lately and the trainers' reports. The Flight
-server streams from it (`open_rank_stream`), the FastAPI routers read and change it.
+what-if runs), the rank streams (`RankStreams`: planning per rank, bounded fills), what
+they did (`JobRecorder`: each rank's cursor, the live statistics, the layouts sent
+lately) and the trainers' reports. The Flight server streams from it
+(`open_rank_stream`), the FastAPI routers read and change it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from packer.plan.split import split_index
 from service.batch_source import OutgoingBatch
 from service.job.config_control import ConfigControl
 from service.job.layouts import RecentLayouts
+from service.job.rank_cursors import RankCursors
+from service.job.recorder import JobRecorder
 from service.job.streams import FillFunction, RankStreams, StreamStatus
 from service.job.trainer_reports import TrainerReports
 from service.live_stats import LiveStats
@@ -67,12 +70,12 @@ class ServiceJob:
             index, config, state, dataset=dataset, settings=self.settings
         )
         self.recent = RecentLayouts(self.settings.recent_sequences)
+        self.cursors = RankCursors(state)
+        self.recorder = JobRecorder(self.cursors, self.stats, self.recent)
         self.trainer_reports = TrainerReports()
         self.rank_streams = RankStreams(
             self.config_control.planners,
-            state,
-            self.stats,
-            self.recent,
+            self.recorder,
             max_in_flight=self.settings.max_in_flight,
             max_world_size=self.settings.max_world_size,
             fill=fill,
@@ -140,7 +143,7 @@ class ServiceJob:
 
     def rank_positions(self, now: float | None = None) -> list[dict[str, Any]]:
         """Each rank's cursor, and its lag behind the furthest rank of its world size."""
-        return self.rank_streams.positions(time.time() if now is None else now)
+        return self.cursors.positions(time.time() if now is None else now)
 
     def recent_sequences(self, limit: int | None = None) -> list[dict[str, Any]]:
         return self.recent.sequences(limit)
