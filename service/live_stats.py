@@ -264,3 +264,23 @@ def _rates(bucket: _Bucket, seconds: float) -> dict:
         "tokens_per_s": _rate(bucket.real_tokens, seconds),
         "bytes_per_s": _rate(bucket.bytes, seconds),
     }
+
+
+class SentBytes:
+    """Bytes a Flight server handed to gRPC: batches with their app_metadata, FlightInfo,
+    schemas and action results (gRPC's and TCP's own framing not counted). The
+    coordinator's count, against the bytes the ranks received, says how much of the
+    data path still runs through it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._total = 0
+
+    def add(self, nbytes: int) -> None:
+        with self._lock:
+            self._total += nbytes
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return self._total

@@ -22,14 +22,15 @@ from packer.index.classes import class_summary
 from packer.index.table import header_rejects, index_skipped
 from packer.plan.history import ConfigHistory, ConfigVersion
 from packer.plan.split import split_index
-from service.batch_source import OutgoingBatch
+from service.batch_source import OutgoingBatch, ServedElsewhere
 from service.job.config_control import ConfigControl
 from service.job.layouts import RecentLayouts
 from service.job.rank_cursors import RankCursors
 from service.job.recorder import JobRecorder
+from service.job.streamer_registry import StreamerRegistry
 from service.job.streams import FillFunction, RankStreams, StreamStatus
 from service.job.trainer_reports import TrainerReports
-from service.live_stats import LiveStats
+from service.live_stats import LiveStats, SentBytes
 from service.settings import ServiceSettings
 from service.state import StateStore
 
@@ -65,6 +66,7 @@ class ServiceJob:
         self.num_images = index.num_rows
         self.num_valid_images = index.num_rows - len(header_rejects(index))
         self.stats = LiveStats()
+        self.flight_sent = SentBytes()  # what this process's Flight server sent
         self.stats.add_skipped(index_skipped(index))
         self.config_control = ConfigControl(
             index, config, state, dataset=dataset, settings=self.settings
@@ -80,6 +82,10 @@ class ServiceJob:
             max_world_size=self.settings.max_world_size,
             fill=fill,
         )
+        # With streamers (service.streamers) the batches leave from them; this job then
+        # keeps the config, the frontier, the cursors and the stats for all of them.
+        count = self.settings.streamers
+        self.streamers = StreamerRegistry(count) if count else None
 
     # -- config ------------------------------------------------------------------------
 
@@ -129,8 +135,29 @@ class ServiceJob:
     # -- streams -----------------------------------------------------------------------
 
     def open_rank_stream(self, cursor: Cursor) -> Iterator[OutgoingBatch]:
-        """Check `cursor` now (TicketError, ServiceStopping); return its lazy stream."""
+        """Check `cursor` now (TicketError, ServiceStopping); return its lazy stream.
+        With streamers, a rank's stream comes from its streamer only (ServedElsewhere)."""
+        if self.streamers is not None:
+            raise ServedElsewhere(
+                f"rank {cursor.rank}'s batches come from a streamer of this service: call "
+                "get_flight_info with your ticket as a command descriptor and do_get the "
+                "endpoint's ticket at its location"
+            )
         return self.rank_streams.open(cursor)
+
+    def locate(self, cursor: Cursor) -> list[str]:
+        """Where `cursor`'s stream is served: its streamer's location, or [] (here)."""
+        if self.streamers is None:
+            return []
+        self.rank_streams.check(cursor)
+        self.config_control.planners.check_epoch(cursor.epoch)
+        return self.streamers.locate(cursor)
+
+    def open_counts(self) -> tuple[int, int]:
+        """(open streams, the most fill tasks one had in flight) for /stats."""
+        if self.streamers is not None:
+            return self.cursors.open_streams()
+        return self.rank_streams.open_counts()
 
     def streams(self) -> list[StreamStatus]:
         return self.rank_streams.statuses()

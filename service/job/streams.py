@@ -127,8 +127,9 @@ class RankStreams:
         self._closed: deque[StreamStatus] = deque(maxlen=_CLOSED_STREAMS_KEPT)
         self._next_stream_id = 1
 
-    def open(self, cursor: Cursor) -> Iterator[OutgoingBatch]:
-        """Check `cursor` now (TicketError, ServiceStopping) and return its lazy stream."""
+    def check(self, cursor: Cursor) -> None:
+        """Refuse a stream now: the service is stopping (ServiceStopping), or the world
+        size is above the limit (TicketError)."""
         if self._stopping.is_set():
             raise ServiceStopping("the service is shutting down")
         if cursor.world_size > self.max_world_size:
@@ -137,6 +138,10 @@ class RankStreams:
                 f"must be at most {self.max_world_size} (the service's max_world_size), "
                 f"got {cursor.world_size}",
             )
+
+    def open(self, cursor: Cursor) -> Iterator[OutgoingBatch]:
+        """Check `cursor` now (TicketError, ServiceStopping) and return its lazy stream."""
+        self.check(cursor)
         self._planners.check_epoch(cursor.epoch)
         self._events.opened(cursor)
         with self._lock:
