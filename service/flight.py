@@ -42,6 +42,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.flight as flight
 
 from packer.contract.auth import AUTH_HEADER, bearer_headers, bearer_matches
@@ -136,7 +137,14 @@ class PackedFlightServer(flight.FlightServerBase):
             location = flight.Location.for_grpc_tcp(host, port)
             certificates = None
         middleware = {"auth": BearerTokenMiddlewareFactory(token)} if token else None
-        super().__init__(location, tls_certificates=certificates, middleware=middleware)
+        try:
+            super().__init__(location, tls_certificates=certificates, middleware=middleware)
+        except pa.ArrowException as error:
+            # pyarrow says only "Server did not start properly" (gRPC logs the reason).
+            raise OSError(
+                f"the Flight server cannot listen on {host}:{port} ({error}): the port is "
+                "taken, the address is not this machine's, or the TLS pair is unusable"
+            ) from None
 
     # -- streams -----------------------------------------------------------------------
 

@@ -44,8 +44,9 @@ log = logging.getLogger("navit.service.streamers")
 WATCH_INTERVAL_S = 2.0
 
 
-class StreamerStartError(RuntimeError):
-    """A streamer could not start; the message says which, where and why, in one line."""
+class StreamerStartError(OSError):
+    """A streamer could not start; the message says which, where and why, in one line.
+    An OSError, as a port in use is: `navit serve` says "cannot start the service"."""
 
 
 def _one_line(text: str, limit: int = 300) -> str:

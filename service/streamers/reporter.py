@@ -87,7 +87,7 @@ class EventReporter:
 
     def _trim(self) -> None:
         """Drop the oldest posted events beyond max_queued (never one a caller awaits)."""
-        excess = len(self._queue) - self._max_queued
+        excess = sum(event is not None for event, _ in self._queue) - self._max_queued
         if excess <= 0:
             return
         kept: deque[tuple[dict[str, Any] | None, Future | None]] = deque()
