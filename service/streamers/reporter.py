@@ -1,12 +1,13 @@
 """`EventReporter`: a streamer's events on their way to the coordinator, in order.
 
 The rank streams must not wait on the coordinator for every batch, so events queue here
-and one thread sends them: everything queued goes in one call as soon as the call
-before it has answered, so under load the calls grow instead of multiplying (at 500
-batches/s about 40 events a call, not 1000 calls a second), and a quiet streamer sends
-an empty call every `heartbeat_s` (the coordinator shows it alive; the answer carries
-the current config version). `call` queues an event and waits for its answer (the
-events before it have arrived by then): how a stream asks whether it may open an epoch.
+and one thread sends them: everything queued goes in one call, at most one call every
+`min_interval_s`, so under load the calls grow instead of multiplying (at 500 batches/s
+and 0.1 s about 100 events a call, 10 calls a second, not 1000: a call costs the
+coordinator far more than an event in it), and a quiet streamer sends an empty call
+every `heartbeat_s` (the coordinator shows it alive; the answer carries the current
+config version). `call` queues an event and waits for its answer (the events before it
+have arrived by then; it goes at once): how a stream asks whether it may open an epoch.
 
 If the coordinator does not answer, the thread tries again with the same events (after
 1, 2, 4 ... up to 10 s), so a coordinator restart loses nothing; up to `max_queued`
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -32,9 +34,16 @@ Send = Callable[[list[dict[str, Any]]], dict[str, Any]]
 class EventReporter:
     """Queues events and sends them with `send` from one thread (see the module doc)."""
 
-    def __init__(self, send: Send, heartbeat_s: float = 1.0, max_queued: int = 100_000) -> None:
+    def __init__(
+        self,
+        send: Send,
+        heartbeat_s: float = 1.0,
+        min_interval_s: float = 0.1,
+        max_queued: int = 100_000,
+    ) -> None:
         self._send = send
         self.heartbeat_s = heartbeat_s
+        self.min_interval_s = min_interval_s
         self._max_queued = max_queued
         self._cond = threading.Condition()
         self._queue: deque[tuple[dict[str, Any] | None, Future | None]] = deque()
@@ -99,13 +108,25 @@ class EventReporter:
                 kept.append(item)
         self._queue = kept
 
+    def _due(self, since: float) -> float | None:
+        """Seconds until the next call is due (0: now; None: stop), with the lock held."""
+        if self._stopping and not self._queue:
+            return None
+        waited = time.monotonic() - since
+        if not self._queue:
+            return self.heartbeat_s - waited  # a heartbeat when due
+        if self._stopping or any(future is not None for _, future in self._queue):
+            return 0.0  # someone waits for an answer
+        return self.min_interval_s - waited
+
     def _run(self) -> None:
         delay = 1.0
+        sent_at = float("-inf")
         while True:
             with self._cond:
-                if not self._queue and not self._stopping:
-                    self._cond.wait(self.heartbeat_s)
-                if self._stopping and not self._queue:
+                while (due := self._due(sent_at)) is not None and due > 0:
+                    self._cond.wait(due)
+                if due is None:
                     return
                 batch = list(self._queue)
                 self._queue.clear()
@@ -123,6 +144,7 @@ class EventReporter:
                 delay = min(delay * 2, 10.0)
                 continue
             delay = 1.0
+            sent_at = time.monotonic()
             self.config_version = answer.get("config_version", self.config_version)
             self.furthest_epoch = max(self.furthest_epoch, int(answer.get("furthest_epoch", -1)))
             errors = answer.get("errors", {})
