@@ -3,9 +3,12 @@
 Run by `make compose-test` (tests/deploy/compose_engine.sh builds the images and starts
 the engine first), never by `make test`: the file name is outside pytest's `test_*.py`
 pattern, and it needs root, an engine and minutes. The tests share one stack and run in
-file order: ray-head, two 1-CPU ray-worker containers, data-init, the packer and one CPU
-trainer. Figures (time to the first trained step, images/s with one and two workers,
-packing efficiency) go to $NAVIT_COMPOSE_OUT/figures.json for bench/RESULTS.md.
+file order: ray-head, two 1-CPU ray-worker containers, data-init, the packer with two
+streamers (one on each ray-worker) and one CPU trainer; then 4 ranks read an epoch from
+the streamers (the trainer's Flight client, in threads of this test) while one
+streamer is killed. Figures (time to the first trained step, images/s with one and two
+workers, the coordinator's share of the bytes, packing efficiency) go to
+$NAVIT_COMPOSE_OUT/figures.json for bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -13,18 +16,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
-import pyarrow.flight as flight
 import pytest
 
-from packer.contract.schema import from_record_batch
+from packer.contract.cursor import Cursor
 from tests.deploy.compose_local import REPO
-from tests.processes import assert_cursor_continues
+from tests.processes import assert_cursor_continues, cmdline
 
 if "NAVIT_COMPOSE_OUT" not in os.environ:
     pytest.skip("run by `make compose-test`", allow_module_level=True)
@@ -48,6 +52,7 @@ KNOBS = {
     "NAVIT_CKPT_EVERY": str(CKPT_EVERY),
     "NAVIT_NUM_CLASSES": "4",
     "NAVIT_TRAINER_GPUS": "1",
+    "NAVIT_STREAMERS": "2",
     "RAY_WORKER_NUM_CPUS": "1",
     "RAY_SHM_SIZE": "1gb",
     "TRAINER_SHM_SIZE": "1gb",
@@ -139,20 +144,18 @@ def stack() -> Iterator[Stack]:
 
 def stream_epoch(stack: Stack, on_batch: Callable[[int], None] = lambda n: None) -> list[str]:
     """Every image id of the next epoch no rank has read yet (the packer plans epochs in
-    order), for rank 0 of 1, as a trainer would read them."""
+    order), for rank 0 of 1, as a trainer reads them: the trainer's Flight client asks
+    the packer where the stream is (a streamer) and asks again if it breaks."""
+    from trainer.data import iter_batches
+
     planned = [stack.metrics()[-1]["epoch"], *STREAMED_EPOCHS]  # the trainer's, then ours
     epoch = max(planned) + 1
     STREAMED_EPOCHS.append(epoch)
-    client = flight.FlightClient(FLIGHT)
-    ticket = {"rank": 0, "world_size": 1, "epoch": epoch, "start_batch": 0}
-    reader = client.do_get(
-        flight.Ticket(json.dumps(ticket).encode()), flight.FlightCallOptions(timeout=300)
-    )
     received: list[str] = []
-    for batches, chunk in enumerate(reader, start=1):
-        received += from_record_batch(chunk.data).image_ids
+    stream = iter_batches(FLIGHT, Cursor(0, 1, epoch), end_epoch=epoch + 1, prefetch=0)
+    for batches, (_, batch) in enumerate(stream, start=1):
+        received += batch.image_ids
         on_batch(batches)
-    client.close()
     return received
 
 
@@ -259,6 +262,122 @@ def test_every_valid_image_of_an_epoch_reaches_the_trainer_once(stack: Stack) ->
         assert sum(r["images"] for r in records) == stats["valid_images"], epoch
     FIGURES["packing_efficiency"] = stats["packing_efficiency"]
     FIGURES["delivered_efficiency"] = stats["delivered_efficiency"]
+
+
+def streamer_processes(stack: Stack) -> dict[int, tuple[str, int]]:
+    """Each streamer's (ray-worker container, host pid): /stats gives its pid inside
+    its container, which the container's processes map to the host's (NSpid)."""
+    rows = {row["pid"]: row["streamer"] for row in stack.stats()["streamers"]}
+    found = {}
+    for container in stack.containers("ray-worker"):
+        for host_pid in map(int, docker("top", container, "-eo", "pid").split()[1:]):
+            try:
+                status = Path(f"/proc/{host_pid}/status").read_text()
+            except OSError:
+                continue
+            (nspid,) = [line for line in status.splitlines() if line.startswith("NSpid:")]
+            inner = int(nspid.split()[-1])
+            if inner in rows and "StreamerActor" in cmdline(host_pid):
+                found[rows[inner]] = (container, host_pid)
+    return found
+
+
+RANKS = 4
+STEP_S = 0.1  # each reader rank "trains" this long per batch, so the epoch lasts
+
+
+def test_four_ranks_read_from_a_streamer_on_each_worker_once_through_a_streamer_kill(
+    stack: Stack,
+) -> None:
+    from trainer.data import FlightRoute, iter_batches
+
+    stats = wait(
+        lambda: (
+            (s := stack.stats())["streamers"]
+            and all(r["state"] == "up" for r in s["streamers"])
+            and s
+        ),
+        "streamers up",
+        stack,
+        "packer",
+    )
+    assert len(stats["streamers"]) == 2
+    where = streamer_processes(stack)
+    # One streamer on each ray-worker container (Ray's SPREAD over the two nodes).
+    assert sorted(c for c, _ in where.values()) == sorted(stack.containers("ray-worker"))
+
+    epoch = max([stack.metrics()[-1]["epoch"], *STREAMED_EPOCHS]) + 1
+    STREAMED_EPOCHS.append(epoch)
+    opened: dict[int, int] = {}
+    route_open = FlightRoute.open
+
+    def counting_open(route: FlightRoute, cursor: Cursor):  # type: ignore[no-untyped-def]
+        opened[cursor.rank] = opened.get(cursor.rank, 0) + 1
+        return route_open(route, cursor)
+
+    FlightRoute.open = counting_open  # type: ignore[method-assign]
+    received: dict[int, list[str]] = {}
+    failures: list[BaseException] = []
+
+    def read(rank: int) -> None:
+        try:
+            ids = []
+            cursor = Cursor(rank, RANKS, epoch)
+            for _, batch in iter_batches(FLIGHT, cursor, end_epoch=epoch + 1, prefetch=0):
+                ids += batch.image_ids
+                time.sleep(STEP_S)
+            received[rank] = ids
+        except BaseException as error:  # noqa: BLE001 - the test fails with it below
+            failures.append(error)
+
+    before = stack.stats()
+    started = time.monotonic()
+    readers = [threading.Thread(target=read, args=(r,)) for r in range(RANKS)]
+    try:
+        for reader in readers:
+            reader.start()
+        # Mid-epoch: once rank 0 has its first batch, kill -9 its streamer's process.
+        wait(
+            lambda: any(
+                r["world_size"] == RANKS and r["rank"] == 0 and r["batches_sent"] >= 1
+                for r in stack.stats()["ranks"]
+            ),
+            "rank 0 streaming",
+            stack,
+            "packer",
+        )
+        killed_at = time.monotonic()
+        os.kill(where[0][1], signal.SIGKILL)
+        for reader in readers:
+            reader.join(600)
+    finally:
+        FlightRoute.open = route_open  # type: ignore[method-assign]
+    seconds = time.monotonic() - started
+    assert not failures, failures
+    ids = [i for r in range(RANKS) for i in received[r]]
+    assert sorted(ids) == dataset_images(stack)  # every image of the epoch, exactly once
+    assert len({len(received[r]) > 0 for r in range(RANKS)}) == 1
+    assert opened[0] >= 2 and opened[2] >= 2, opened  # ranks 0 and 2 asked again
+    after = wait(
+        lambda: (
+            (s := stack.stats())["streamers"][0]["restarts"] == 1
+            and s["streamers"][0]["state"] == "up"
+            and s
+        ),
+        "streamer 0 restarted",
+        stack,
+        "packer",
+    )
+    FIGURES["streamer_back_after_kill_s"] = round(time.monotonic() - killed_at, 1)
+    delivered = after["throughput"]["run"]["bytes"] - before["throughput"]["run"]["bytes"]
+    coordinator = after["coordinator_bytes_sent"] - before["coordinator_bytes_sent"]
+    run_share = after["coordinator_bytes_sent"] / after["throughput"]["run"]["bytes"]
+    FIGURES["four_ranks_images_per_s_with_a_kill"] = round(len(ids) / seconds, 1)
+    FIGURES["coordinator_bytes_share_four_ranks"] = round(coordinator / delivered, 5)
+    FIGURES["coordinator_bytes_share_run"] = round(run_share, 5)
+    assert coordinator / delivered < 0.01 and run_share < 0.01
+    # The restarted streamer serves from a ray-worker again.
+    assert streamer_processes(stack)[0][1] != where[0][1]
 
 
 def test_two_workers_deliver_an_epoch_with_every_image_once(stack: Stack) -> None:
