@@ -3,11 +3,11 @@ streamers; aggregate GB/s and images/s, CPU seconds per GB by process, and the s
 the bytes the coordinator process sent.
 
     .venv/bin/python bench/bench_streamers.py --json [--images 600] [--epochs 6]
-        [--streamers 0,1,2] [--repeats 2] [--cpus 2]
+        [--streamers 0,1,2] [--repeats 2] [--cpus 2] [--batch-size 8]
 
 Each run starts the service (`start_service`, embedded local Ray with `--cpus` CPUs,
-seq_len 1024, batch_size 8, max_res 384: the compose defaults, 6.3 MB batches) with N
-streamers, then 4 rank processes read like a trainer without a GPU: plain pyarrow
+seq_len 1024, max_res 384, batch_size 8 by default: the compose defaults, 6.3 MB
+batches; 64 gives 50 MB batches, fewer per GB) with N streamers, then 4 rank processes read like a trainer without a GPU: plain pyarrow
 Flight clients that ask the coordinator `get_flight_info` with their ticket and `do_get`
 at the endpoint's location (none with 0 streamers: the coordinator itself). Each reads
 epoch 0 to warm up (Ray workers start, the first plans), waits for the others, then
@@ -133,11 +133,11 @@ def _rank(coordinator: str, rank: int, epochs: int, barrier, results) -> None:
         c.close()
 
 
-def run_once(dataset: Path, streamers: int, epochs: int, cpus: int) -> dict:
+def run_once(dataset: Path, streamers: int, epochs: int, cpus: int, batch_size: int) -> dict:
     from packer.config import PackingConfig
     from service.serve import start_service
 
-    config = PackingConfig(seq_len=1024, batch_size=8, max_res=384, pack_window=256)
+    config = PackingConfig(seq_len=1024, batch_size=batch_size, max_res=384, pack_window=256)
     with tempfile.TemporaryDirectory() as state_dir:
         handle = start_service(
             dataset=str(dataset),
@@ -218,6 +218,7 @@ def main() -> None:
     parser.add_argument("--streamers", default="0,1,2", help="streamer counts to run")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the embedded Ray")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per batch")
     args = parser.parse_args()
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -226,7 +227,7 @@ def main() -> None:
     runs: dict[int, list[dict]] = {n: [] for n in counts}
     for _ in range(args.repeats):
         for n in counts:  # alternating, so a burst of load elsewhere hits every count alike
-            runs[n].append(run_once(dataset, n, args.epochs, args.cpus))
+            runs[n].append(run_once(dataset, n, args.epochs, args.cpus, args.batch_size))
     report = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -235,6 +236,7 @@ def main() -> None:
             "ray_cpus": args.cpus,
         },
         "ranks": RANKS,
+        "batch_size": args.batch_size,
         "images": args.images,
         "timed_epochs": args.epochs,
         "runs": {},

@@ -177,7 +177,9 @@ def start_service(
     `settings` fields may also be passed as keywords (`dataset=..., api_port=0`);
     `index` skips loading the dataset's index (tests, benchmarks, synthetic data);
     `config` replaces the config from the settings' config file and overrides.
-    The HTTP API answers /healthz (and /readyz: 503) while the index loads.
+    The HTTP API answers /healthz (and /readyz: 503) while the index loads. With
+    `streamers`, it returns once every streamer serves; one that cannot start is a
+    StreamerStartError (an OSError, as a port in use is), in one line.
     """
     if settings is None:
         settings = ServiceSettings(**setting_values)

@@ -1,9 +1,11 @@
 """`StreamerPool`: the job's streamers as Ray actors, started, watched and stopped.
 
-`navit serve --streamers N` starts N named actors (`navit-streamer-<job>-<i>`) with
-Ray's SPREAD strategy, so they land on different nodes where the cluster has them
-(each needs one free CPU to be placed, as every default Ray actor does, so they go to
-nodes that run fill tasks, not to a head or packer node started with --num-cpus=0).
+`navit serve --streamers N` starts N named actors (`navit-streamer-<job>-<i>`), spread
+over the nodes that run fill tasks (those with CPUs: not a head or packer node started
+with --num-cpus=0): streamer i goes to the i-th of them, round robin, in a fixed order,
+by a soft node affinity, so a restarted streamer whose node is gone goes to another
+(Ray's SPREAD strategy alone put two streamers created at once on one node of two). Each
+needs one free CPU to be placed, as every default Ray actor does, and none once running.
 Each runs a `Streamer` (service.streamers.streamer) on its node's IP: 127.0.0.1 with the
 embedded local Ray, which listens on loopback only, the node's address on a cluster.
 
@@ -33,6 +35,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import ActorDiedError, RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from service.job.streamer_registry import StreamerRegistry
 from service.streamers.client import CoordinatorClient
@@ -133,9 +136,9 @@ class StreamerPool:
                 name=name,
                 max_restarts=max_restarts,
                 max_task_retries=-1,  # a call to a restarting streamer waits for it
-                scheduling_strategy="SPREAD",
+                scheduling_strategy=placement,
             ).remote(spec)
-            for name, spec in zip(names, specs, strict=True)
+            for name, spec, placement in zip(names, specs, _placements(len(specs)), strict=True)
         ]
         try:
             _wait_ready(actors, timeout_s)
@@ -182,6 +185,21 @@ class StreamerPool:
                         self.registry.failed(i, reason)
                 except RayError:
                     pass  # a restart in progress: asked again next time
+
+
+def _placements(count: int) -> list[Any]:
+    """Where each streamer goes: round robin over the alive nodes with CPUs, ordered by
+    address (a soft affinity: elsewhere if the node is gone); SPREAD if Ray names none."""
+    nodes = sorted(
+        (node["NodeManagerAddress"], node["NodeID"])
+        for node in ray.nodes()
+        if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0
+    )
+    if not nodes:
+        return ["SPREAD"] * count
+    return [
+        NodeAffinitySchedulingStrategy(nodes[i % len(nodes)][1], soft=True) for i in range(count)
+    ]
 
 
 def _wait_ready(actors: list[Any], timeout_s: float) -> None:
