@@ -3,9 +3,11 @@
 `navit serve --streamers N` starts N named actors (`navit-streamer-<job>-<i>`), spread
 over the nodes that run fill tasks (those with CPUs: not a head or packer node started
 with --num-cpus=0): streamer i goes to the i-th of them, round robin, in a fixed order,
-by a soft node affinity, so a restarted streamer whose node is gone goes to another
-(Ray's SPREAD strategy alone put two streamers created at once on one node of two). Each
-needs one free CPU to be placed, as every default Ray actor does, and none once running.
+by a soft node affinity, so a restarted streamer whose node is gone goes to another.
+Round robin rather than Ray's SPREAD strategy, so that where streamers land is a fixed
+function of the nodes present at start (compose-test once found both of its streamers
+in one of its two ray-worker containers). Each needs one free CPU to be placed, as
+every default Ray actor does, and none once running.
 Each runs a `Streamer` (service.streamers.streamer) on its node's IP: 127.0.0.1 with the
 embedded local Ray, which listens on loopback only, the node's address on a cluster.
 
