@@ -55,7 +55,7 @@ class ServiceSettings(BaseSettings):
         ge=0,
         le=1024,
         description="Ray actors that plan, fill and send the ranks' batches from their own "
-        "nodes, rank r from streamer r % N, each with a Flight server of its own; this "
+        "nodes, rank r from streamer r mod N, each with a Flight server of its own; this "
         "process then coordinates and sends no batch (0: this process sends every batch)",
     )
     streamer_port: int = Field(

@@ -117,6 +117,7 @@ class ServiceJob:
             "images": self.num_images,
             "valid_images": self.num_valid_images,
             "max_in_flight": self.settings.max_in_flight,
+            "streamers": self.settings.streamers,
             **self.classes.to_dict(),
         }
 

@@ -11,6 +11,7 @@ from packer.contract.schema import from_record_batch
 from packer.image.reject import Reject
 from packer.plan.epoch import plan_epoch
 from packer.plan.history import ConfigHistory
+from service.batch_source import ServedElsewhere
 from service.job import ServiceJob
 from service.job.streamer_registry import streamer_of
 from service.settings import ServiceSettings
@@ -158,8 +159,9 @@ def test_only_the_jobs_streamers_may_call_the_coordinator(sample_index):
 
 
 def test_the_coordinator_streams_nothing_itself(sample_index):
+    from service.batch_source import StreamerUnavailable
+
     job, _ = coordinated_job(sample_index, streamers=2)
-    from service.batch_source import ServedElsewhere, StreamerUnavailable
 
     with pytest.raises(ServedElsewhere, match="get_flight_info"):
         job.open_rank_stream(Cursor(0, 2))
@@ -169,3 +171,23 @@ def test_the_coordinator_streams_nothing_itself(sample_index):
     assert job.locate(Cursor(3, 4)) == ["grpc+tcp://127.0.0.1:9"]
     assert ServiceJob(sample_index, SMALL_CONFIG, StateStore(None)).locate(Cursor(3, 4)) == []
     assert ServiceSettings().streamers == 0  # the in-process path stays the default
+
+
+def test_a_trainers_report_to_its_streamer_reaches_the_coordinator(sample_index):
+    from service.streamers.streamer import StreamerSource, StreamerSpec
+
+    job, coordinator = coordinated_job(sample_index, streamers=2)
+    streamer = LocalStreamer.start(coordinator, 1)
+    spec = StreamerSpec(
+        streamer=1, count=2, coordinator="grpc+tcp://127.0.0.1:1", key="k", patch_size=16,
+        seq_len=128, class_names=[],
+    )  # fmt: skip
+    source = StreamerSource(spec, streamer.streams, streamer.reporter, config_version=1)
+    source.report_trainer(3, {"step": 7, "step_time_s": 0.5, "data_wait_s": 0.2})
+    streamer.reporter.flush()
+    (report,) = job.trainers()
+    assert (report["rank"], report["step"], report["starved"]) == (3, 7, True)
+    assert source.locate(Cursor(3, 4)) == []  # its own rank: do_get here
+    with pytest.raises(ServedElsewhere, match="rank 2 is served by streamer 0"):
+        source.open_rank_stream(Cursor(2, 4))
+    streamer.stop()
