@@ -71,6 +71,7 @@ bench: venv
 	$(BIN)/python bench/bench_pipeline.py
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_service.py
+	$(BIN)/python bench/bench_streamers.py
 
 # The GPU side in one go on a CUDA host (bench/gpu_check.sh): the trainer's tests on CUDA,
 # flex attention against SDPA, bf16 steps of s16 and b16, packed vs padded vs vit-pytorch,

@@ -44,6 +44,9 @@ class FixedBatchSource:
             self.reports[rank] = report
         return report
 
+    def locate(self, cursor: Cursor) -> list[str]:
+        return []  # every stream is served here
+
     def open_rank_stream(self, cursor: Cursor) -> Iterator[OutgoingBatch]:
         if cursor.next_batch > self.batches_per_epoch:
             raise TicketError("start_batch", f"past the epoch's {self.batches_per_epoch} batches")

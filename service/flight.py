@@ -14,9 +14,19 @@ window allows, so a stalled client parks its stream's generator; behind it at mo
 `max_in_flight` fill tasks are pending (see service.job.streams). Every stream runs on its own
 gRPC thread, so the other ranks keep streaming.
 
+Discovery: `get_flight_info(FlightDescriptor.for_command(<ticket JSON>))` answers a
+FlightInfo with one endpoint: the ticket, and the locations that serve it. With no
+streamers the locations are empty (this server: do_get here); with `--streamers N` it
+is the location of the rank's streamer (service.streamers), whose do_get takes the same
+ticket, token and TLS. A trainer that follows the endpoint works with either; one
+whose streamer is restarting gets FlightUnavailableError and asks again.
+
 Trainers report their steps back with `do_action` of type `navit.report` (the body a
 packer.contract.report.StepReport), so /stats and the dashboard show each rank's data
-wait; list_actions lists it.
+wait; list_actions lists it. A coordinator also takes its streamers' actions
+(`actions`: type -> handler of the body, answering result bodies).
+
+The server counts the bytes it hands to gRPC (`sent`, service.live_stats.SentBytes).
 
 Every failure a client can cause is a one-line Flight error with a reason (the client
 gets FlightServerError / FlightUnauthenticatedError / FlightUnavailableError), never a
@@ -29,15 +39,23 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.flight as flight
 
 from packer.contract.auth import AUTH_HEADER, bearer_headers, bearer_matches
 from packer.contract.cursor import Cursor, TicketError
 from packer.contract.report import REPORT_ACTION, StepReport
-from service.batch_source import BatchSource, OutgoingBatch, ServiceStopping
+from service.batch_source import (
+    BatchSource,
+    OutgoingBatch,
+    ServedElsewhere,
+    ServiceStopping,
+    StreamerFailed,
+)
+from service.live_stats import SentBytes
 
 log = logging.getLogger("navit.service.flight")
 
@@ -86,6 +104,16 @@ def bearer_call_options(token: str | None) -> flight.FlightCallOptions:
     return flight.FlightCallOptions(headers=headers)
 
 
+ActionHandler = Callable[[bytes], Iterable[bytes]]
+
+
+def _pem(value: str | Path | bytes | None) -> bytes:
+    """A PEM given as its bytes (a streamer gets them from the coordinator) or a file."""
+    if isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()  # type: ignore[arg-type]
+
+
 class PackedFlightServer(flight.FlightServerBase):
     def __init__(
         self,
@@ -94,20 +122,29 @@ class PackedFlightServer(flight.FlightServerBase):
         port: int = 0,
         *,
         token: str | None = None,
-        tls_cert: str | Path | None = None,
-        tls_key: str | Path | None = None,
+        tls_cert: str | Path | bytes | None = None,
+        tls_key: str | Path | bytes | None = None,
+        actions: Mapping[str, ActionHandler] | None = None,
+        sent: SentBytes | None = None,
     ) -> None:
         self.source = source
+        self.actions = dict(actions or {})
+        self.sent = sent if sent is not None else SentBytes()
         if tls_cert is not None:
             location = flight.Location.for_grpc_tls(host, port)
-            certificates = [
-                flight.CertKeyPair(cert=Path(tls_cert).read_bytes(), key=Path(tls_key).read_bytes())
-            ]
+            certificates = [flight.CertKeyPair(cert=_pem(tls_cert), key=_pem(tls_key))]
         else:
             location = flight.Location.for_grpc_tcp(host, port)
             certificates = None
         middleware = {"auth": BearerTokenMiddlewareFactory(token)} if token else None
-        super().__init__(location, tls_certificates=certificates, middleware=middleware)
+        try:
+            super().__init__(location, tls_certificates=certificates, middleware=middleware)
+        except pa.ArrowException as error:
+            # pyarrow says only "Server did not start properly" (gRPC logs the reason).
+            raise OSError(
+                f"the Flight server cannot listen on {host}:{port} ({error}): the port is "
+                "taken, the address is not this machine's, or the TLS pair is unusable"
+            ) from None
 
     # -- streams -----------------------------------------------------------------------
 
@@ -124,27 +161,38 @@ class PackedFlightServer(flight.FlightServerBase):
             raise flight.FlightUnavailableError(
                 one_line(f"{e}; reconnect with your cursor")
             ) from None
+        except ServedElsewhere as e:
+            raise flight.FlightServerError(one_line(str(e))) from None
         except Exception as e:  # noqa: BLE001 - one line to the client, the traceback to the log
             raise _internal_error("do_get", e) from None
-        return flight.GeneratorStream(schema, _with_flight_errors(stream, cursor))
+        return flight.GeneratorStream(schema, _with_flight_errors(stream, cursor, self.sent))
 
     def list_flights(
         self, context: flight.ServerCallContext, criteria: bytes
     ) -> Iterator[flight.FlightInfo]:
-        try:
-            info = self._info(flight.FlightDescriptor.for_path(*STREAM_PATH), None)
-        except Exception as e:  # noqa: BLE001 - one line to the client
-            raise _internal_error("list_flights", e) from None
-        yield info
+        yield self._answer("list_flights", flight.FlightDescriptor.for_path(*STREAM_PATH), None)
 
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
-        cursor = self._described_cursor(descriptor)
+        return self._answer("get_flight_info", descriptor, self._described_cursor(descriptor))
+
+    def _answer(
+        self, what: str, descriptor: flight.FlightDescriptor, cursor: Cursor | None
+    ) -> flight.FlightInfo:
+        """`_info`, its failures as one-line Flight errors, its bytes counted."""
         try:
-            return self._info(descriptor, cursor)
+            info = self._info(descriptor, cursor)
+        except TicketError as e:
+            raise flight.FlightServerError(one_line(f"bad ticket in descriptor: {e}")) from None
+        except ServiceStopping as e:
+            raise flight.FlightUnavailableError(one_line(f"{e}; ask again")) from None
+        except StreamerFailed as e:
+            raise flight.FlightServerError(one_line(str(e))) from None
         except Exception as e:  # noqa: BLE001 - one line to the client
-            raise _internal_error("get_flight_info", e) from None
+            raise _internal_error(what, e) from None
+        self.sent.add(len(info.serialize()))
+        return info
 
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
@@ -152,7 +200,9 @@ class PackedFlightServer(flight.FlightServerBase):
         """The stream schema, whatever the descriptor: every flight of this service has
         it. (It never refuses: pyarrow's get_schema callback passes any exception,
         FlightError included, to the client with a Python traceback.)"""
-        return flight.SchemaResult(self.source.stream_schema())
+        result = flight.SchemaResult(self.source.stream_schema())
+        self.sent.add(len(result.serialize()))
+        return result
 
     def _described_cursor(self, descriptor: flight.FlightDescriptor) -> Cursor | None:
         """The rank a descriptor names (a command is a ticket), None for the stream path;
@@ -192,6 +242,9 @@ class PackedFlightServer(flight.FlightServerBase):
         raise flight.FlightServerError(NOT_SUPPORTED)
 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator:
+        handler = self.actions.get(action.type)
+        if handler is not None:
+            return self._extra_action(action.type, handler, action.body.to_pybytes())
         if action.type != REPORT_ACTION:
             raise flight.FlightServerError(NOT_SUPPORTED)
         try:
@@ -202,16 +255,31 @@ class PackedFlightServer(flight.FlightServerBase):
             self.source.report_trainer(report.rank, report.fields_for_the_service())
         except Exception as e:  # noqa: BLE001 - one line to the client
             raise _internal_error("do_action", e) from None
+        self.sent.add(2)
         return iter([flight.Result(b"ok")])
 
+    def _extra_action(self, kind: str, handler: ActionHandler, body: bytes) -> Iterator:
+        try:
+            results = list(handler(body))
+        except ValueError as e:  # a malformed body: its reason, in one line
+            raise flight.FlightServerError(one_line(f"bad {kind}: {e}")) from None
+        except Exception as e:  # noqa: BLE001 - one line to the client
+            raise _internal_error(kind, e) from None
+        self.sent.add(sum(len(r) for r in results))
+        return iter([flight.Result(r) for r in results])
+
     def list_actions(self, context: flight.ServerCallContext) -> list:
-        return [(REPORT_ACTION, "a trainer rank's step report (packer.contract.report)")]
+        return [
+            (REPORT_ACTION, "a trainer rank's step report (packer.contract.report)"),
+            *[(kind, "for this job's streamers only") for kind in self.actions],
+        ]
 
     def _info(
         self, descriptor: flight.FlightDescriptor, cursor: Cursor | None
     ) -> flight.FlightInfo:
         example = cursor or Cursor(rank=0, world_size=1)
-        endpoint = flight.FlightEndpoint(example.to_ticket(), [])
+        locations = self.source.locate(example)
+        endpoint = flight.FlightEndpoint(example.to_ticket(), locations)
         description = {
             **self.source.describe(),
             "ticket": 'UTF-8 JSON {"rank", "world_size", "epoch", "start_batch"}',
@@ -226,11 +294,15 @@ class PackedFlightServer(flight.FlightServerBase):
         )
 
 
-def _with_flight_errors(stream: Iterator[OutgoingBatch], cursor: Cursor) -> Iterator[tuple]:
+def _with_flight_errors(
+    stream: Iterator[OutgoingBatch], cursor: Cursor, sent: SentBytes
+) -> Iterator[tuple]:
     """Yield (record_batch, app_metadata) pairs; turn failures into Flight errors."""
     try:
         for batch in stream:
-            yield batch.record_batch, batch.metadata.to_bytes()
+            metadata = batch.metadata.to_bytes()
+            sent.add(batch.record_batch.nbytes + len(metadata))
+            yield batch.record_batch, metadata
     except ServiceStopping as e:
         raise flight.FlightUnavailableError(one_line(f"{e}; reconnect with your cursor")) from None
     except flight.FlightError:

@@ -8,15 +8,21 @@ Two kinds of numbers, kept apart on purpose:
 - Delivery throughput (images/s, tokens/s, sequences/s, bytes/s) counts what left the
   service, per one-second bucket, so the last minute and a timeline come from the same
   ring of buckets.
+
+Both are fed one `Delivery` per batch sent: what a batch adds to either count, worked
+out where the batch leaves (this process, or a streamer, which sends it here as JSON:
+`Delivery.to_dict`), so the numbers are the same whichever process sent the batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +41,96 @@ class _Bucket:
     pad_tokens: int = 0  # in sequences that hold images
     filler_tokens: int = 0  # of sequences that hold none
     bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one batch sent to a rank adds to the live statistics: its packing stats
+    (counted once per global batch of an epoch) and its throughput (counted every time).
+
+    For two sequences of 8 tokens holding 5 and 4 real tokens: sequences 2, real 9,
+    pad 7, filler 0; `packing` is PackingStats.add_filled of that one batch.
+    """
+
+    epoch: int
+    global_batch: int
+    config_version: int
+    packing: PackingStats
+    sequences: int  # sequences that hold an image
+    images: int
+    real_tokens: int
+    pad_tokens: int  # in sequences that hold images
+    filler_tokens: int  # of sequences that hold none
+    bytes: int
+
+    @classmethod
+    def of(
+        cls,
+        plan: BatchPlan,
+        packed: PackedBatch,
+        rejected_reasons: list[str],
+        nbytes: int,
+        notes: Iterable[str] = (),
+    ) -> Delivery:
+        packing = PackingStats()
+        packing.add_filled(plan, packed, rejected_reasons, notes)
+        sequences = int(np.count_nonzero(packed.images_per_seq))
+        real = packed.real_tokens
+        return cls(
+            epoch=plan.epoch,
+            global_batch=plan.global_batch,
+            config_version=plan.config_version,
+            packing=packing,
+            sequences=sequences,
+            images=packed.num_images,
+            real_tokens=real,
+            pad_tokens=sequences * packed.seq_len - real,
+            filler_tokens=(packed.num_sequences - sequences) * packed.seq_len,
+            bytes=nbytes,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the counters of `packing` as objects with string keys."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["packing"] = {
+            f.name: _wire_counter(value) if isinstance(value, Counter) else value
+            for f in dataclasses.fields(PackingStats)
+            for value in [getattr(self.packing, f.name)]
+        }
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Delivery:
+        """The inverse of `to_dict`; a ValueError says what is malformed."""
+        try:
+            packing = PackingStats(
+                **{
+                    name: _counter_of(name, value) if isinstance(value, dict) else value
+                    for name, value in values["packing"].items()
+                }
+            )
+            fields = {f.name: values[f.name] for f in dataclasses.fields(cls)}
+            fields["packing"] = packing
+            for name, value in fields.items():
+                if name != "packing" and (isinstance(value, bool) or not isinstance(value, int)):
+                    raise ValueError(f"{name}: must be an integer, got {value!r}")
+            return cls(**fields)
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"malformed delivery: {error}") from None
+
+
+# PackingStats counters keyed by a number (the rest are keyed by a reason or a kind).
+_NUMBER_KEYED = ("images_per_sequence", "tokens_per_image")
+
+
+def _wire_counter(counter: Counter) -> dict[str, int]:
+    return {str(k): int(v) for k, v in counter.items()}
+
+
+def _counter_of(name: str, values: dict[str, int]) -> Counter:
+    if name in _NUMBER_KEYED:
+        return Counter({int(k): int(v) for k, v in values.items()})
+    return Counter({str(k): int(v) for k, v in values.items()})
 
 
 def _rate(amount: float, seconds: float) -> float:
@@ -78,19 +174,20 @@ class LiveStats:
         now: float | None = None,
         notes: Iterable[str] = (),
     ) -> None:
+        """Count a batch that left this process (see `add_delivery`)."""
+        self.add_delivery(Delivery.of(plan, packed, rejected_reasons, nbytes, notes), now)
+
+    def add_delivery(self, delivery: Delivery, now: float | None = None) -> None:
+        """Count a batch sent to a rank: its packing once per (epoch, global batch), its
+        throughput in the bucket of `now`."""
         now = time.time() if now is None else now
-        k = packed.images_per_seq
-        sequences = int(np.count_nonzero(k))
-        real = packed.real_tokens
-        pad = sequences * packed.seq_len - real
-        filler = (packed.num_sequences - sequences) * packed.seq_len
         with self._lock:
-            counted = self._counted.setdefault(plan.epoch, set())
-            if plan.global_batch not in counted:
-                counted.add(plan.global_batch)
-                self._total.add_filled(plan, packed, rejected_reasons, notes)
-                version = self._by_version.setdefault(plan.config_version, PackingStats())
-                version.add_filled(plan, packed, rejected_reasons, notes)
+            counted = self._counted.setdefault(delivery.epoch, set())
+            if delivery.global_batch not in counted:
+                counted.add(delivery.global_batch)
+                self._total.merge(delivery.packing)
+                version = self._by_version.setdefault(delivery.config_version, PackingStats())
+                version.merge(delivery.packing)
                 # Keep the dedup sets of the last few epochs only: memory stays bounded.
                 for old in sorted(self._counted)[:-4]:
                     del self._counted[old]
@@ -101,12 +198,12 @@ class LiveStats:
                 self._buckets.append(_Bucket(start=start))
             for bucket in (self._buckets[-1], self._delivered):
                 bucket.batches += 1
-                bucket.sequences += sequences
-                bucket.images += packed.num_images
-                bucket.real_tokens += real
-                bucket.pad_tokens += pad
-                bucket.filler_tokens += filler
-                bucket.bytes += nbytes
+                bucket.sequences += delivery.sequences
+                bucket.images += delivery.images
+                bucket.real_tokens += delivery.real_tokens
+                bucket.pad_tokens += delivery.pad_tokens
+                bucket.filler_tokens += delivery.filler_tokens
+                bucket.bytes += delivery.bytes
 
     def packing(self) -> dict:
         with self._lock:
@@ -167,3 +264,23 @@ def _rates(bucket: _Bucket, seconds: float) -> dict:
         "tokens_per_s": _rate(bucket.real_tokens, seconds),
         "bytes_per_s": _rate(bucket.bytes, seconds),
     }
+
+
+class SentBytes:
+    """Bytes a Flight server handed to gRPC: batches with their app_metadata, FlightInfo,
+    schemas and action results (gRPC's and TCP's own framing not counted). The
+    coordinator's count, against the bytes the ranks received, says how much of the
+    data path still runs through it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._total = 0
+
+    def add(self, nbytes: int) -> None:
+        with self._lock:
+            self._total += nbytes
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return self._total

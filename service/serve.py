@@ -1,9 +1,12 @@
-"""The packer service in one process (`navit serve DATASET` is its command line).
+"""The packer service (`navit serve DATASET` is its command line).
 
 It runs the Ray pipeline (an embedded local Ray, or `--ray-address` for a cluster), the
 Arrow Flight server (default 127.0.0.1:8815) and the FastAPI control plane under uvicorn
-(default 127.0.0.1:8000). `start_service` does the same programmatically and returns a
-`ServiceHandle` with the actual ports (port 0 picks free ones) and `stop()`:
+(default 127.0.0.1:8000). With `streamers=N` it also starts N streamers on Ray
+(service.streamers), which send the batches; its own Flight server then answers
+discovery (get_flight_info) and its streamers' calls, and sends no batch.
+`start_service` does the same programmatically and returns a `ServiceHandle` with the
+actual ports (port 0 picks free ones) and `stop()`:
 
     handle = start_service(dataset="data/sample", api_port=0, flight_port=0,
                            config=PackingConfig(seq_len=256, max_res=128))
@@ -15,11 +18,13 @@ Arrow Flight server (default 127.0.0.1:8815) and the FastAPI control plane under
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -30,6 +35,9 @@ from service.flight import PackedFlightServer
 from service.job import ServiceJob
 from service.settings import ServiceSettings
 from service.state import StateStore
+
+if TYPE_CHECKING:
+    from service.streamers.pool import StreamerPool
 
 log = logging.getLogger("navit.service")
 
@@ -96,6 +104,7 @@ class ServiceHandle:
     flight_port: int
     _api: _ApiServer = field(repr=False)
     _flight: PackedFlightServer = field(repr=False)
+    streamers: StreamerPool | None = None
     _owns_ray: bool = False
     _stopped: bool = False
 
@@ -110,9 +119,11 @@ class ServiceHandle:
         return f"{scheme}://{_url_host(self.settings.host)}:{self.flight_port}"
 
     def describe(self) -> dict[str, Any]:
+        streamers = self.job.streamers.rows() if self.job.streamers is not None else []
         return {
             "api": self.api_url,
             "flight": self.flight_location,
+            "streamers": [{"node": r["node"], "location": r["location"]} for r in streamers],
             "dataset": self.settings.dataset,
             "config_version": self.job.config_version.version,
             "state_dir": str(self.settings.state_dir) if self.settings.state_dir else None,
@@ -125,6 +136,9 @@ class ServiceHandle:
             return
         self._stopped = True
         timeout = self.settings.shutdown_timeout_s
+        if self.streamers is not None:
+            # First: their last events (cursors, stats) reach this coordinator's server.
+            self.streamers.stop(timeout)
         self.job.stop()
         # FlightServerBase.shutdown waits for every call to finish, and a call whose
         # client stopped reading waits in gRPC for it; bound the wait instead of hanging.
@@ -163,7 +177,9 @@ def start_service(
     `settings` fields may also be passed as keywords (`dataset=..., api_port=0`);
     `index` skips loading the dataset's index (tests, benchmarks, synthetic data);
     `config` replaces the config from the settings' config file and overrides.
-    The HTTP API answers /healthz (and /readyz: 503) while the index loads.
+    The HTTP API answers /healthz (and /readyz: 503) while the index loads. With
+    `streamers`, it returns once every streamer serves; one that cannot start is a
+    StreamerStartError (an OSError, as a port in use is), in one line.
     """
     if settings is None:
         settings = ServiceSettings(**setting_values)
@@ -201,8 +217,11 @@ def start_service(
                 scanner=scan_groups_on_ray,
             )
         state = StateStore(settings.state_dir)
+        flight_server = None
         try:
             job = ServiceJob(index, config, state, dataset=settings.dataset, settings=settings)
+            key = secrets.token_urlsafe(24)  # the streamers' own secret (streamers.wire)
+            actions = _coordinator_actions(job, key) if settings.streamers else None
             flight_server = PackedFlightServer(
                 job,
                 settings.host,
@@ -210,8 +229,15 @@ def start_service(
                 token=token,
                 tls_cert=settings.tls_cert,
                 tls_key=settings.tls_key,
+                actions=actions,
+                sent=job.flight_sent,
             )
+            pool = None
+            if settings.streamers:
+                pool = _start_streamers(job, settings, flight_server.port, key, token)
         except BaseException:
+            if flight_server is not None:
+                flight_server.shutdown()
             state.close()
             raise
         app.state.job = job
@@ -230,5 +256,63 @@ def start_service(
         flight_port=flight_server.port,
         _api=api,
         _flight=flight_server,
+        streamers=pool,
         _owns_ray=owns_ray,
+    )
+
+
+def _coordinator_actions(job: ServiceJob, key: str) -> dict[str, Any]:
+    from service.streamers.coordinator import StreamerCoordinator
+
+    return StreamerCoordinator(job, key).actions()
+
+
+def coordinator_location(settings: ServiceSettings, port: int) -> str:
+    """Where streamers reach this process's Flight server: its host, or, listening on
+    every interface, the address Ray knows this node by."""
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        import ray
+
+        host = ray.util.get_node_ip_address()
+    scheme = "grpc+tls" if settings.tls else "grpc+tcp"
+    return f"{scheme}://{_url_host(host)}:{port}"
+
+
+def _start_streamers(
+    job: ServiceJob, settings: ServiceSettings, port: int, key: str, token: str | None
+) -> StreamerPool:
+    """Start the job's streamers and wait until each serves (StreamerStartError)."""
+    from service.streamers.pool import StreamerPool
+    from service.streamers.streamer import StreamerSpec
+
+    def pem(path: Path | None) -> bytes | None:
+        return Path(path).read_bytes() if path is not None else None
+
+    assert job.streamers is not None
+    specs = [
+        StreamerSpec(
+            streamer=i,
+            count=settings.streamers,
+            coordinator=coordinator_location(settings, port),
+            key=key,
+            patch_size=job.config_control.patch_size,
+            seq_len=job.config_control.seq_len,
+            class_names=list(job.classes.classes),
+            dataset=settings.dataset,
+            token=token,
+            tls_cert=pem(settings.tls_cert),
+            tls_key=pem(settings.tls_key),
+            port=settings.streamer_port + i if settings.streamer_port else 0,
+            max_in_flight=settings.max_in_flight,
+            max_world_size=settings.max_world_size,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+        )
+        for i in range(settings.streamers)
+    ]
+    return StreamerPool.start(
+        specs,
+        job.streamers,
+        max_restarts=settings.streamer_max_restarts,
+        timeout_s=settings.streamer_start_timeout_s,
     )

@@ -61,6 +61,26 @@ class ServiceSettings(BaseSettings):
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     config_file: Path | None = Field(None, description="JSON file of packing config fields")
     config_overrides: list[str] = Field(default_factory=list, description="key=value strings")
+    streamers: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="Ray actors that plan, fill and send the ranks' batches from their own "
+        "nodes, rank r from streamer r mod N, each with a Flight server of its own; this "
+        "process then coordinates and sends no batch (0: this process sends every batch)",
+    )
+    streamer_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="streamer i listens on this port + i of its node (0: any free port)",
+    )
+    streamer_max_restarts: int = Field(
+        10, ge=0, description="times Ray restarts a streamer that died before giving up"
+    )
+    streamer_start_timeout_s: float = Field(
+        120.0, gt=0, description="seconds navit serve waits for its streamers to start"
+    )
     max_in_flight: int = Field(4, ge=1, le=256, description="fill tasks pending per rank stream")
     recent_sequences: int = Field(
         24, ge=1, le=1024, description="packed sequences kept for the dashboard's picture"
@@ -100,6 +120,14 @@ class ServiceSettings(BaseSettings):
     def _tls_pair(self) -> ServiceSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
+        return self
+
+    @model_validator(mode="after")
+    def _streamer_ports_exist(self) -> ServiceSettings:
+        if self.streamer_port and self.streamer_port + self.streamers - 1 > 65535:
+            raise ValueError(
+                f"streamer_port {self.streamer_port} + {self.streamers} streamers passes 65535"
+            )
         return self
 
     @model_validator(mode="after")

@@ -25,11 +25,18 @@ Sources:
   where E is the number of epoch folders, so a folder packed with only epoch-000 is
   repeated every epoch (same images, same order). A folder of batch-*.arrow files without
   epoch folders is one epoch.
-* `grpc://host:port` or `grpc+tls://host:port`: Arrow Flight `do_get` with the ticket
-  `cursor.to_ticket()` and, when a token is given, the `bearer_headers(token)`. Each
-  chunk may carry `BatchMetadata` as app_metadata; the cursor then comes from it
-  (`cursor.after(metadata)`), else from counting. When a stream ends the client asks for
-  the next epoch from batch 0; an empty stream at batch 0 ends the iteration.
+* `grpc://host:port` or `grpc+tls://host:port`: Arrow Flight, with the ticket
+  `cursor.to_ticket()` and, when a token is given, the `bearer_headers(token)` on every
+  call. The rank first asks where its stream is: `get_flight_info` with the ticket as a
+  command descriptor answers an endpoint (the ticket, and the location of the server
+  that streams it: one of the service's streamers, or none, meaning the service
+  itself); `do_get` there. Each chunk may carry `BatchMetadata` as app_metadata; the
+  cursor then comes from it (`cursor.after(metadata)`), else from counting. When a
+  stream ends the client asks for the next epoch from batch 0; an empty stream at batch
+  0 ends the iteration. A stream that breaks (its streamer restarting, the service
+  restarting: FlightUnavailableError, FlightTimedOutError) is asked for again at the
+  cursor after the last batch received, so nothing is lost or repeated, after waits of
+  0.5, 1, 2, 4, 8 and then 10 s, up to RECONNECT_TRIES times in a row.
 
 A background thread reads ahead `prefetch` batches (a bounded queue), so file reads and
 network waits overlap the training step. `to_device` turns a batch into torch tensors
@@ -41,6 +48,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 import warnings
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -190,44 +198,115 @@ def _num_rows(path: Path) -> int:
 # Arrow Flight
 
 
+# A broken stream is asked for again this many times in a row (waits of 0.5, 1, 2, 4,
+# 8, then 10 s: about two minutes, time for Ray to restart a streamer on a busy node or
+# for a supervisor to restart the service) before the error reaches the training loop.
+RECONNECT_TRIES = 16
+
+
+def _reconnect_wait(failures: int) -> float:
+    return min(0.5 * 2 ** (failures - 1), 10.0)
+
+
+class FlightRoute:
+    """A rank's way to its stream: ask `source` (the service) where the cursor's stream
+    is, then do_get at the endpoint's location (none: `source` itself). One client per
+    location, kept until `close`.
+
+        route = FlightRoute("grpc://packer:8815", token)
+        reader = route.open(Cursor(3, 8, epoch=0, next_batch=5))
+    """
+
+    def __init__(self, source: str, token: str | None) -> None:
+        self.source = source
+        self._options = _call_options(token)
+        self._clients: dict[str, Any] = {}
+
+    def client(self, location: str) -> Any:
+        from pyarrow import flight
+
+        if location not in self._clients:
+            # Packed batches are several MB each: 16 MB HTTP/2 frames cut the per-frame
+            # overhead of the Flight client (measured in bench/bench_service.py).
+            self._clients[location] = flight.FlightClient(
+                location, generic_options=[("grpc.http2.max_frame_size", 16 * 1024 * 1024 - 1)]
+            )
+        return self._clients[location]
+
+    def locate(self, cursor: Cursor) -> tuple[str, bytes]:
+        """(the location that streams `cursor`, the ticket to give it)."""
+        from pyarrow import flight
+
+        descriptor = flight.FlightDescriptor.for_command(cursor.to_ticket())
+        try:
+            info = self.client(self.source).get_flight_info(descriptor, self._options)
+        except pa.ArrowNotImplementedError:
+            return self.source, cursor.to_ticket()  # a Flight server with no discovery
+        endpoint = info.endpoints[0]
+        if not endpoint.locations:
+            return self.source, endpoint.ticket.ticket
+        return endpoint.locations[0].uri.decode(), endpoint.ticket.ticket
+
+    def open(self, cursor: Cursor) -> Any:
+        """A reader of `cursor`'s stream, wherever it is served."""
+        from pyarrow import flight
+
+        location, ticket = self.locate(cursor)
+        return self.client(location).do_get(flight.Ticket(ticket), self._options)
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+
 def _iter_flight(
     location: str, cursor: Cursor, token: str | None, end_epoch: int | None
 ) -> Generator[tuple[Cursor, PackedBatch], None, None]:
     from pyarrow import flight
 
-    options = _call_options(token)
-    # Packed batches are several MB each: 16 MB HTTP/2 frames cut the per-frame overhead
-    # of the Flight client (measured in bench/bench_service.py).
-    client = flight.FlightClient(
-        location, generic_options=[("grpc.http2.max_frame_size", 16 * 1024 * 1024 - 1)]
-    )
+    route = FlightRoute(location, token)
+    broken = (flight.FlightUnavailableError, flight.FlightTimedOutError)
     try:
         while end_epoch is None or cursor.epoch < end_epoch:
-            reader = client.do_get(flight.Ticket(cursor.to_ticket()), options)
-            received = 0
+            received = failures = 0
             while True:
                 try:
-                    chunk = reader.read_chunk()
-                except StopIteration:
+                    reader = route.open(cursor)
+                    while True:
+                        try:
+                            chunk = reader.read_chunk()
+                        except StopIteration:
+                            break
+                        if chunk.data is None:  # a metadata-only message
+                            continue
+                        metadata = _batch_metadata(chunk.app_metadata)
+                        if (
+                            metadata is not None
+                            and end_epoch is not None
+                            and metadata.epoch >= end_epoch
+                        ):
+                            return
+                        batch = from_record_batch(chunk.data)
+                        if metadata is None:
+                            cursor = cursor.advanced()
+                        else:
+                            cursor = cursor.after(metadata)
+                            batch.config_version = metadata.config_version
+                        received += 1
+                        failures = 0
+                        yield cursor, batch
                     break
-                if chunk.data is None:  # a metadata-only message
-                    continue
-                metadata = _batch_metadata(chunk.app_metadata)
-                if metadata is not None and end_epoch is not None and metadata.epoch >= end_epoch:
-                    return
-                batch = from_record_batch(chunk.data)
-                if metadata is None:
-                    cursor = cursor.advanced()
-                else:
-                    cursor = cursor.after(metadata)
-                    batch.config_version = metadata.config_version
-                received += 1
-                yield cursor, batch
+                except broken:
+                    failures += 1
+                    if failures > RECONNECT_TRIES:
+                        raise
+                    time.sleep(_reconnect_wait(failures))
             if received == 0 and cursor.next_batch == 0:
                 return  # the service has no batches for this epoch: the data has ended
             cursor = cursor.next_epoch()
     finally:
-        client.close()
+        route.close()
 
 
 def _batch_metadata(buffer: pa.Buffer | None) -> BatchMetadata | None:

@@ -37,6 +37,14 @@ class BatchLayout:
     grid_w: np.ndarray  # [N] int64
     num_kept: np.ndarray  # [N] int64
 
+    @property
+    def num_images(self) -> int:
+        return len(self.rows)
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.num_kept.sum())
+
 
 @dataclass(frozen=True)
 class BatchPlan:

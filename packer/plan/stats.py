@@ -29,12 +29,23 @@ from typing import Any
 import numpy as np
 
 from packer.contract.schema import PackedBatch
-from packer.plan.batch_plan import BatchPlan
+from packer.plan.batch_plan import BatchLayout, BatchPlan
 
 
-def _token_bucket(tokens: int) -> int:
-    # Power-of-two buckets by lower edge: 1, 2, 4, ..., e.g. 300 tokens -> bucket 256.
-    return 1 << (max(int(tokens), 1).bit_length() - 1)
+def _token_buckets(tokens: np.ndarray) -> dict[int, int]:
+    """Images per power-of-two bucket of tokens, by lower edge: 1, 2, 4, ...
+
+    For tokens [300, 256, 3, 1]: {256: 2, 2: 1, 1: 1} (300 and 256 fall in bucket 256).
+    """
+    exponents = np.floor(np.log2(np.maximum(np.asarray(tokens, np.int64), 1))).astype(np.int64)
+    values, counts = np.unique(exponents, return_counts=True)
+    return {1 << int(e): int(c) for e, c in zip(values.tolist(), counts.tolist(), strict=True)}
+
+
+def _counts(values: np.ndarray) -> dict[int, int]:
+    """{value: how many times} of an integer array."""
+    found, counts = np.unique(values, return_counts=True)
+    return dict(zip(found.tolist(), counts.tolist(), strict=True))
 
 
 @dataclass
@@ -75,8 +86,9 @@ class PackingStats:
         self.images_in += len(reasons)
         self.rejected.update(reasons)
 
-    def add_plan(self, plan: BatchPlan) -> None:
-        """Count a planned batch as the planner predicts it will be delivered."""
+    def add_plan(self, plan: BatchPlan | BatchLayout) -> None:
+        """Count a planned batch as the planner predicts it will be delivered (a layout
+        counts the same: no image location is needed to count)."""
         seq_len = plan.config.seq_len
         per_seq = np.bincount(plan.sequence, minlength=0)
         planned = int(np.count_nonzero(per_seq))
@@ -88,8 +100,8 @@ class PackingStats:
         self.filler_tokens += (plan.num_sequences - planned) * seq_len
         self.real_tokens += plan.real_tokens
         self.pad_tokens += planned * seq_len - plan.real_tokens
-        self.images_per_sequence.update(per_seq[per_seq > 0].tolist())
-        self.tokens_per_image.update(_token_bucket(t) for t in plan.num_kept.tolist())
+        self.images_per_sequence.update(_counts(per_seq[per_seq > 0]))
+        self.tokens_per_image.update(_token_buckets(plan.num_kept))
 
     def add_skipped(self, skipped_by_extension: dict[str, int]) -> None:
         """Files of the dataset that are not dataset files (packer.index.table.index_skipped)."""
@@ -117,11 +129,13 @@ class PackingStats:
         self.real_tokens += real
         self.pad_tokens += planned * packed.seq_len - real
         k = packed.images_per_seq
-        self.images_per_sequence.update(k[k > 0].tolist())
-        for row, n in zip(packed.segment_ids, packed.images_per_seq.tolist(), strict=True):
-            if n:
-                lengths = np.bincount(row, minlength=n + 1)[1:]
-                self.tokens_per_image.update(_token_bucket(t) for t in lengths.tolist())
+        self.images_per_sequence.update(_counts(k[k > 0]))
+        # Each image's tokens: count (row, segment) pairs of the real tokens at once.
+        rows, segments = np.nonzero(packed.segment_ids)
+        slot = packed.segment_ids[rows, segments].astype(np.int64)
+        first = np.concatenate([[0], np.cumsum(k, dtype=np.int64)])[:-1]
+        lengths = np.bincount(first[rows] + slot - 1, minlength=packed.num_images)
+        self.tokens_per_image.update(_token_buckets(lengths[lengths > 0]))
 
     def merge(self, other: PackingStats) -> None:
         self.images_in += other.images_in

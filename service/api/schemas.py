@@ -198,6 +198,31 @@ class StreamsOut(BaseModel):
     max_in_flight_seen: int
 
 
+class StreamerOut(BaseModel):
+    """One row of StreamerRegistry.rows (service/job/streamer_registry.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    streamer: int = Field(description="its index: it serves the ranks r with r % streamers")
+    state: str = Field(
+        description="up; silent (nothing heard for 5 s: stopped or restarting); starting; "
+        "failed (it cannot serve, see failure)"
+    )
+    node: str = Field(description="the address of its Ray node")
+    location: str | None = Field(description="its Flight server, as get_flight_info answers")
+    pid: int | None
+    world_size: int = Field(description="world size of the ranks below")
+    ranks: list[int] = Field(description="ranks it has streamed to (of that world size)")
+    restarts: int = Field(description="times Ray restarted it")
+    failure: str | None
+    batches: int = Field(description="batches it sent (run)")
+    images: int
+    bytes: int
+    images_per_s: float = Field(description="last minute")
+    bytes_per_s: float = Field(description="last minute")
+    seen_s_ago: float | None = Field(description="since it last called the coordinator")
+
+
 class TrainerReport(BaseModel):
     """What a trainer rank reports after a step: is it waiting for data?"""
 
@@ -264,6 +289,15 @@ class StatsResponse(BaseModel):
     class_warnings: list[str] = Field(description="what is odd about the data set's classes")
     ranks: list[RankOut]
     streams: StreamsOut
+    streamers: list[StreamerOut] = Field(
+        description="the streamers that send the batches (navit serve --streamers N); "
+        "none: this process sends them"
+    )
+    coordinator_bytes_sent: int = Field(
+        description="bytes this process's Flight server sent (batches with app_metadata, "
+        "FlightInfo, schemas, action results); with streamers, a small share of "
+        "throughput.run.bytes"
+    )
     trainers: list[TrainerOut]
     trainers_starved: int
 

@@ -1,9 +1,10 @@
 """`ServiceJob`: the packing job behind the service, wiring its parts together.
 
 One job owns the index, the config (`ConfigControl`: history, planners, changes,
-what-if runs), the rank streams (`RankStreams`: planning per rank, bounded fills,
-cursors), the live statistics, the layouts sent lately and the trainers' reports. The Flight
-server streams from it (`open_rank_stream`), the FastAPI routers read and change it.
+what-if runs), the rank streams (`RankStreams`: planning per rank, bounded fills), what
+they did (`JobRecorder`: each rank's cursor, the live statistics, the layouts sent
+lately) and the trainers' reports. The Flight server streams from it
+(`open_rank_stream`), the FastAPI routers read and change it.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ from packer.index.image_index import ImageIndex
 from packer.index.table import index_skipped
 from packer.plan.history import ConfigHistory, ConfigVersion
 from packer.plan.split import split_index
-from service.batch_source import OutgoingBatch
+from service.batch_source import OutgoingBatch, ServedElsewhere
 from service.job.config_control import ConfigControl
 from service.job.layouts import RecentLayouts
+from service.job.rank_cursors import RankCursors
+from service.job.recorder import JobRecorder
+from service.job.streamer_registry import StreamerRegistry
 from service.job.streams import FillFunction, RankStreams, StreamStatus
 from service.job.trainer_reports import TrainerReports
-from service.live_stats import LiveStats
+from service.live_stats import LiveStats, SentBytes
 from service.settings import ServiceSettings
 from service.state import StateStore
 
@@ -63,21 +67,26 @@ class ServiceJob:
         self.num_images = index.num_rows
         self.num_valid_images = index.num_plannable
         self.stats = LiveStats()
+        self.flight_sent = SentBytes()  # what this process's Flight server sent
         self.stats.add_skipped(index_skipped(index))
         self.config_control = ConfigControl(
             index, config, state, dataset=dataset, settings=self.settings
         )
         self.recent = RecentLayouts(self.settings.recent_sequences)
+        self.cursors = RankCursors(state)
+        self.recorder = JobRecorder(self.cursors, self.stats, self.recent)
         self.trainer_reports = TrainerReports()
         self.rank_streams = RankStreams(
             self.config_control.planners,
-            state,
-            self.stats,
-            self.recent,
+            self.recorder,
             max_in_flight=self.settings.max_in_flight,
             max_world_size=self.settings.max_world_size,
             fill=fill,
         )
+        # With streamers (service.streamers) the batches leave from them; this job then
+        # keeps the config, the frontier, the cursors and the stats for all of them.
+        count = self.settings.streamers
+        self.streamers = StreamerRegistry(count) if count else None
 
     # -- config ------------------------------------------------------------------------
 
@@ -109,6 +118,7 @@ class ServiceJob:
             "images": self.num_images,
             "valid_images": self.num_valid_images,
             "max_in_flight": self.settings.max_in_flight,
+            "streamers": self.settings.streamers,
             **self.classes.to_dict(),
         }
 
@@ -127,8 +137,29 @@ class ServiceJob:
     # -- streams -----------------------------------------------------------------------
 
     def open_rank_stream(self, cursor: Cursor) -> Iterator[OutgoingBatch]:
-        """Check `cursor` now (TicketError, ServiceStopping); return its lazy stream."""
+        """Check `cursor` now (TicketError, ServiceStopping); return its lazy stream.
+        With streamers, a rank's stream comes from its streamer only (ServedElsewhere)."""
+        if self.streamers is not None:
+            raise ServedElsewhere(
+                f"rank {cursor.rank}'s batches come from a streamer of this service: call "
+                "get_flight_info with your ticket as a command descriptor and do_get the "
+                "endpoint's ticket at its location"
+            )
         return self.rank_streams.open(cursor)
+
+    def locate(self, cursor: Cursor) -> list[str]:
+        """Where `cursor`'s stream is served: its streamer's location, or [] (here)."""
+        if self.streamers is None:
+            return []
+        self.rank_streams.check(cursor)
+        self.config_control.planners.check_epoch(cursor.epoch)
+        return self.streamers.locate(cursor)
+
+    def open_counts(self) -> tuple[int, int]:
+        """(open streams, the most fill tasks one had in flight) for /stats."""
+        if self.streamers is not None:
+            return self.cursors.open_streams()
+        return self.rank_streams.open_counts()
 
     def streams(self) -> list[StreamStatus]:
         return self.rank_streams.statuses()
@@ -141,7 +172,7 @@ class ServiceJob:
 
     def rank_positions(self, now: float | None = None) -> list[dict[str, Any]]:
         """Each rank's cursor, and its lag behind the furthest rank of its world size."""
-        return self.rank_streams.positions(time.time() if now is None else now)
+        return self.cursors.positions(time.time() if now is None else now)
 
     def recent_sequences(self, limit: int | None = None) -> list[dict[str, Any]]:
         return self.recent.sequences(limit)

@@ -1,7 +1,8 @@
 """The token layout of the batches sent lately, which the dashboard draws.
 
 `RecentLayouts` keeps the last batches that held images; `sequences()` says which image
-spans which tokens of each of their sequences (GET /sequences/recent).
+spans which tokens of each of their sequences (GET /sequences/recent). A batch a
+streamer sent arrives already drawn (`RenderedLayout`: its `SentLayout.sequences()`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -78,18 +79,36 @@ class SentLayout:
         return out
 
 
+class Layout(Protocol):
+    """A batch's layout: its non-empty rows as `SentLayout.sequences()` gives them."""
+
+    def sequences(self) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class RenderedLayout:
+    """A batch's layout as a streamer sent it: `SentLayout.sequences()`, already drawn."""
+
+    rows: list[dict[str, Any]]
+
+    def sequences(self) -> list[dict[str, Any]]:
+        return self.rows
+
+
 class RecentLayouts:
     """The layouts of the last `keep` batches sent that held any image."""
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
         self._lock = threading.Lock()
-        self._layouts: deque[SentLayout] = deque(maxlen=keep)
+        self._layouts: deque[Layout] = deque(maxlen=keep)
 
     def add(self, metadata: BatchMetadata, packed: PackedBatch) -> None:
         if not packed.num_images:
             return  # an all-padding batch: nothing to draw
-        layout = SentLayout.of(metadata, packed)
+        self.add_layout(SentLayout.of(metadata, packed))
+
+    def add_layout(self, layout: Layout) -> None:
         with self._lock:
             self._layouts.append(layout)
 

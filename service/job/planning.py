@@ -20,12 +20,21 @@ first epoch no planner has planned yet, and each epoch plans through
 `plan_epoch(index, history, epoch, ledger, job_start)`: an epoch's plan never changes once made, a restart on the same state dir
 (which keeps `job_start`, the ledger's length when the job was created) plans every
 epoch as before, and the next epoch leaves the failures out.
+
+Streamers (service.streamers) plan in processes of their own, with planners of their
+own, so they cannot share this lock; they `reserve` each window here before they plan
+it instead. A reservation moves the same frontier a plan here would, and answers what
+planning that window needs: the config history (final up to the frontier: a change
+starts at the change point, past every reserved window) and the decode failures the
+epoch leaves out. So a PATCH lands at one window for every streamer, and a restarted
+streamer, reserving again, plans every window as before.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from packer.config import PackingConfig
 from packer.contract.cursor import Cursor, TicketError
@@ -44,6 +53,20 @@ _PLANNERS_KEPT = 4
 
 # State-store meta key: the reject ledger's length when this job was created.
 LEDGER_START_KEY = "reject_ledger_start"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What a streamer may plan of `epoch`: every window below `next_window` (the
+    epoch's frontier, persisted), with `history` (a copy; final for those windows),
+    leaving out `left_out` (the ledger's decode failures for this epoch, fixed once the
+    epoch is reserved). `furthest_epoch` is the furthest epoch any planner reserved."""
+
+    epoch: int
+    next_window: int
+    furthest_epoch: int
+    history: ConfigHistory
+    left_out: list[Reject]
 
 
 class EpochPlanners:
@@ -89,6 +112,29 @@ class EpochPlanners:
                 self._state.advance_frontier(cursor.epoch, planner.next_window)
             return plan
 
+    def reserve(self, epoch: int, window: int) -> Reservation:
+        """Reserve window `window` of `epoch` (and the ones below it) for a planner in
+        another process: the frontier moves past it, as if it were planned here, before
+        the answer leaves. With the frontier of epoch 0 at 3, reserve(0, 5) moves it to 6,
+        and a config change recorded afterwards starts at window 6 or later."""
+        with self._lock:
+            if window + 1 > self._frontier.get(epoch, 0):
+                self._frontier[epoch] = window + 1
+                self._state.advance_frontier(epoch, window + 1)
+            # A reject found from now on applies from the epoch after this one at least.
+            self._planned_epoch = max(self._planned_epoch, epoch)
+            left_out = [
+                Reject(e.image_id, e.reason, e.detail)
+                for e in self.ledger.active(epoch, self.job_start)
+            ]
+            return Reservation(
+                epoch=epoch,
+                next_window=self._frontier[epoch],
+                furthest_epoch=max(self._frontier),
+                history=ConfigHistory(list(self.history.entries)),
+                left_out=left_out,
+            )
+
     def rejected_before_planning(self, epoch: int) -> list[Reject]:
         """(image_id, reason, detail) of the images `epoch` leaves out of its plan: an
         unreadable header, or a decode failure found in an earlier epoch."""
@@ -103,6 +149,11 @@ class EpochPlanners:
         with self._lock:
             # Under the lock: no planner of a later epoch is made while this records.
             return self.ledger.record(rejected, effective_epoch=self._planned_epoch + 1)
+
+    def furthest_epoch(self) -> int:
+        """The furthest epoch any planner has planned or reserved (-1: none yet)."""
+        with self._lock:
+            return max(self._frontier, default=-1)
 
     def check_epoch(self, epoch: int) -> None:
         """Refuse an epoch more than one past the furthest planned (TicketError)."""

@@ -1,7 +1,7 @@
 // The dashboard: polls the control plane and draws with plain SVG (no libraries, no CDN).
 // After each refresh it writes what it drew into data attributes of <body>
-// (data-sequences-drawn, data-segments-drawn, data-points-drawn, data-refreshes), so a
-// headless browser test can check the page really rendered.
+// (data-sequences-drawn, data-segments-drawn, data-points-drawn, data-streamers-drawn,
+// data-refreshes), so a headless browser test can check the page really rendered.
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -53,6 +53,9 @@ function drawCards(stats) {
     ["images packed", fmt(stats.packing.images_packed, 0)],
     ["rejected", fmt(stats.packing.images_rejected, 0)],
     ["config version", String(stats.config_version)],
+    // With streamers, the share of the bytes that still leave from this process.
+    ["sent by this process", stats.throughput.run.bytes
+      ? fmt((100 * stats.coordinator_bytes_sent) / stats.throughput.run.bytes, 2) + "%" : "–"],
     ["starved trainers", String(stats.trainers_starved)],
   ];
   const root = document.getElementById("cards");
@@ -175,6 +178,10 @@ async function refresh() {
       [r.lag_batches === null ? `${r.lag_epochs} ep` : r.lag_batches, r.lag_batches > 4],
       [r.in_flight], [r.connected ? "yes" : "no"],
     ]);
+    drawTable("streamers", stats.streamers, (s) => [
+      [s.streamer], [s.state, s.state !== "up"], [s.node], [s.ranks.join(" ")],
+      [fmt(s.images_per_s)], [fmt(s.bytes_per_s / 1e6, 2)], [s.restarts, s.restarts > 0],
+    ]);
     drawTable("trainers", stats.trainers, (t) => [
       [t.rank], [t.step], [fmt(t.step_time_s, 3)], [fmt(t.data_wait_s, 3)],
       [fmt(100 * t.data_wait_fraction, 1) + "%", t.starved], [t.starved ? "yes" : "no", t.starved],
@@ -184,6 +191,7 @@ async function refresh() {
     body.sequencesDrawn = drawn;
     body.segmentsDrawn = segments;
     body.pointsDrawn = pointsEff;
+    body.streamersDrawn = stats.streamers.length;
     body.refreshes = refreshes;
     document.getElementById("error").textContent = "";
   } catch (error) {

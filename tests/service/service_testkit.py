@@ -3,9 +3,12 @@ a fill without Ray for driving a job's rank streams in-process."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -38,17 +41,20 @@ class Received:
     image_ids: list[str]
     images_per_seq: list[int]
     num_rows: int
+    wire: bytes  # the batch's Arrow IPC message and its app_metadata, as sent
 
 
 def received(chunk: flight.FlightStreamChunk) -> Received:
     batch: pa.RecordBatch = chunk.data
     packed = from_record_batch(batch)
+    app_metadata = chunk.app_metadata.to_pybytes()
     return Received(
-        metadata=json.loads(chunk.app_metadata.to_pybytes()),
+        metadata=json.loads(app_metadata),
         schema_metadata={k.decode(): v.decode() for k, v in batch.schema.metadata.items()},
         image_ids=list(packed.image_ids),
         images_per_seq=packed.images_per_seq.tolist(),
         num_rows=batch.num_rows,
+        wire=batch.serialize().to_pybytes() + app_metadata,
     )
 
 
@@ -86,6 +92,46 @@ def read_stream(
         return out
     finally:
         client.close()
+
+
+def read_endpoint_stream(
+    coordinator: str,
+    rank: int,
+    world_size: int,
+    epoch: int,
+    start_batch: int = 0,
+    *,
+    token: str | None = None,
+    tls_root: bytes | None = None,
+    limit: int | None = None,
+) -> tuple[str, list[Received]]:
+    """As a plain pyarrow Flight client: ask `coordinator` where the rank's stream is
+    (get_flight_info with the ticket as a command), then read the endpoint's ticket at its
+    location to the end (or only `limit` batches). Returns (the location, the batches)."""
+    options = bearer_call_options(token)
+    client = connect(coordinator, tls_root)
+    try:
+        descriptor = flight.FlightDescriptor.for_command(
+            ticket(rank, world_size, epoch, start_batch).ticket
+        )
+        (endpoint,) = client.get_flight_info(descriptor, options).endpoints
+    finally:
+        client.close()
+    (location,) = endpoint.locations
+    streamer = connect(location.uri.decode(), tls_root)
+    try:
+        reader = streamer.do_get(endpoint.ticket, options)
+        out: list[Received] = []
+        while limit is None or len(out) < limit:
+            try:
+                out.append(received(reader.read_chunk()))
+            except StopIteration:
+                break
+        if limit is not None:
+            reader.cancel()
+        return location.uri.decode(), out
+    finally:
+        streamer.close()
 
 
 def image_ids(batches: list[Received]) -> list[str]:
@@ -142,3 +188,42 @@ class InProcessFill:
             result.rejected,
             result.notes,
         )
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1: (cert.pem, key.pem)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path

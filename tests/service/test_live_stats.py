@@ -128,3 +128,21 @@ def test_unreadable_headers_count_once_per_epoch():
     assert stats.packing()["rejected_by_reason"] == {"unreadable_header": 1}
     stats.add_header_rejected(1, ["unreadable_header"])
     assert stats.packing()["rejected_by_reason"] == {"unreadable_header": 2}
+
+
+def test_a_delivery_sent_as_json_counts_as_the_batch_itself():
+    import json
+
+    from service.live_stats import Delivery
+
+    plan, packed = _batch()
+    direct, relayed = LiveStats(), LiveStats()
+    direct.add_delivered(plan, packed, ["truncated"], nbytes=1000, now=1000.0, notes=["exif"])
+    wire = json.loads(
+        json.dumps(Delivery.of(plan, packed, ["truncated"], 1000, ["exif"]).to_dict())
+    )
+    relayed.add_delivery(Delivery.from_dict(wire), now=1000.0)
+    assert relayed.packing() == direct.packing()
+    assert relayed.throughput(now=1001.0) == direct.throughput(now=1001.0)
+    with pytest.raises(ValueError, match="images"):
+        Delivery.from_dict({**wire, "images": "3"})

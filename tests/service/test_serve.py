@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
-from pathlib import Path
 
 import httpx
 import pyarrow.flight as flight
 import pytest
 
 from service.flight import bearer_call_options
-from tests.service.service_testkit import connect, read_stream, received, ticket
+from tests.service.service_testkit import connect, read_stream, received, self_signed, ticket
 
 
 @pytest.mark.slow
@@ -48,48 +45,10 @@ def test_token_guards_mutations_and_streams(start, tmp_path, monkeypatch):
     assert len(batches) == 2
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.mark.slow
 def test_tls_for_flight_and_http(start, tmp_path):
     pytest.importorskip("cryptography")
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     service = start(tls_cert=cert, tls_key=key)
     assert service.api_url.startswith("https://")
     assert service.flight_location.startswith("grpc+tls://")

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from service.api.routers.stats import stats_response
+from service.api.schemas import StreamerOut
 
 router = APIRouter(tags=["metrics"])
 
@@ -81,6 +82,13 @@ class JobCollector(Collector):
         yield cursor
         yield in_flight
         yield GaugeMetricFamily("navit_streams_active", "open Flight streams", stats.streams.active)
+        yield CounterMetricFamily(
+            "navit_coordinator_bytes_sent",
+            "bytes this process's Flight server sent (with streamers: discovery and "
+            "their calls only)",
+            value=stats.coordinator_bytes_sent,
+        )
+        yield from _streamer_metrics(stats.streamers)
         wait = GaugeMetricFamily(
             "navit_trainer_data_wait_fraction",
             "share of step time waiting for data",
@@ -89,6 +97,32 @@ class JobCollector(Collector):
         for t in stats.trainers:
             wait.add_metric([str(t.rank)], t.data_wait_fraction)
         yield wait
+
+
+def _streamer_metrics(streamers: list[StreamerOut]) -> Iterator[Metric]:
+    """Per streamer, labelled by its index and node (none without streamers)."""
+    labels = ["streamer", "node"]
+    up = GaugeMetricFamily("navit_streamer_up", "1 while the streamer is up", labels=labels)
+    ranks = GaugeMetricFamily("navit_streamer_ranks", "ranks it streams to", labels=labels)
+    images = GaugeMetricFamily(
+        "navit_streamer_images_per_s_last_minute", "images/s it sent", labels=labels
+    )
+    rate = GaugeMetricFamily(
+        "navit_streamer_bytes_per_s_last_minute", "bytes/s it sent", labels=labels
+    )
+    sent = CounterMetricFamily("navit_streamer_bytes_delivered", "bytes it sent", labels=labels)
+    restarts = CounterMetricFamily(
+        "navit_streamer_restarts", "times Ray restarted it", labels=labels
+    )
+    for s in streamers:
+        values = [str(s.streamer), s.node]
+        up.add_metric(values, 1.0 if s.state == "up" else 0.0)
+        ranks.add_metric(values, len(s.ranks))
+        images.add_metric(values, s.images_per_s)
+        rate.add_metric(values, s.bytes_per_s)
+        sent.add_metric(values, s.bytes)
+        restarts.add_metric(values, s.restarts)
+    yield from (up, ranks, images, rate, sent, restarts)
 
 
 def build_registry(app) -> CollectorRegistry:

@@ -17,6 +17,7 @@ from service.api.schemas import (
     PackingStatsOut,
     RankOut,
     StatsResponse,
+    StreamerOut,
     StreamsOut,
     ThroughputOut,
     TimelineResponse,
@@ -33,7 +34,8 @@ def stats_response(job: ServiceJob, now: float | None = None) -> StatsResponse:
     now = time.time() if now is None else now
     packing = PackingStatsOut.model_validate(job.stats.packing())
     configs = {e.version: e for e in list(job.history.entries)}
-    active, max_seen = job.rank_streams.open_counts()
+    active, max_seen = job.open_counts()
+    streamers = job.streamers.rows(now) if job.streamers is not None else []
     trainers = [TrainerOut.model_validate(t) for t in job.trainers(now)]
     return StatsResponse(
         dataset=job.dataset,
@@ -70,6 +72,8 @@ def stats_response(job: ServiceJob, now: float | None = None) -> StatsResponse:
         streams=StreamsOut(
             active=active, max_in_flight=job.settings.max_in_flight, max_in_flight_seen=max_seen
         ),
+        streamers=[StreamerOut.model_validate(row) for row in streamers],
+        coordinator_bytes_sent=job.flight_sent.total,
         trainers=trainers,
         trainers_starved=sum(1 for t in trainers if t.starved),
     )
@@ -79,8 +83,9 @@ def stats_response(job: ServiceJob, now: float | None = None) -> StatsResponse:
 async def get_stats(job: JobDep) -> StatsResponse:
     """Efficiency (real / all tokens) over the run, the last minute and per config
     version; images/s, tokens/s, sequences/s; histograms of images per sequence and
-    tokens per image; rejected images by reason; each rank's cursor and lag; trainer
-    reports (are they waiting for data?)."""
+    tokens per image; rejected images by reason; each rank's cursor and lag; each
+    streamer's node, ranks, images/s, bytes/s and restarts; trainer reports (are they
+    waiting for data?)."""
     return stats_response(job)
 
 

@@ -169,6 +169,31 @@ def test_serve_hides_rays_and_uvicorns_start_up_lines_unless_verbose(
     assert "Started server process" not in stderr and "Uvicorn" not in stderr
 
 
+@pytest.mark.slow
+def test_a_streamer_that_cannot_start_fails_serve_with_one_line(
+    sample_dataset, index_cache_dir, tmp_path
+):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ready_path = tmp_path / "ready.json"
+        process = _serve_sample(
+            sample_dataset, index_cache_dir,
+            "--streamers", "1", "--streamer-port", str(port), "--ready-file", str(ready_path),
+        )  # fmt: skip
+        _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2, stderr
+    ours = [line for line in stderr.splitlines() if line.startswith("navit:")]
+    assert ours == [
+        f"navit: cannot start the service: streamer 0 cannot start on 127.0.0.1: OSError: the "
+        f"Flight server cannot listen on 127.0.0.1:{port} (Unknown error: Server did not start "
+        "properly): the port is taken, the address is not this machine's, or the TLS pair is "
+        "unusable"
+    ], stderr
+    assert not ready_path.exists()
+
+
 def test_holdout_flags_reach_the_service_settings():
     import argparse
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.service_testkit import read_stream
+from tests.service.service_testkit import read_endpoint_stream, read_stream
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +56,7 @@ def test_dashboard_draws_recent_sequences(start, tmp_path):
     assert int(attributes["sequences-drawn"]) == len(recent)
     assert int(attributes["segments-drawn"]) == segments
     assert int(attributes["points-drawn"]) >= 1
+    assert int(attributes["streamers-drawn"]) == 0  # this process sent the batches
     assert dom.stdout.count('class="segment"') == segments
     assert dom.stdout.count('class="padding"') == len(recent)
 
@@ -68,3 +69,31 @@ def test_dashboard_draws_recent_sequences(start, tmp_path):
     )
     assert shot.returncode == 0, shot.stderr[-2000:]
     assert screenshot.stat().st_size > 10_000
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)"
+)
+def test_dashboard_shows_each_streamer_with_its_node_ranks_and_rates(start, tmp_path):
+    service = start(streamers=2)
+    for rank in range(2):
+        read_endpoint_stream(service.flight_location, rank, 2, epoch=0)
+    rows = httpx.get(f"{service.api_url}/stats").json()["streamers"]
+    assert [r["ranks"] for r in rows] == [[0], [1]]
+
+    dom = _chromium(f"{service.api_url}/", tmp_path / "profile", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", dom.stdout)
+    attributes = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(1)))
+    assert "error" not in attributes, attributes
+    assert int(attributes["streamers-drawn"]) == 2
+    table = dom.stdout[dom.stdout.index('id="streamers"') :]
+    table = table[: table.index("</table>")]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", table)
+    assert len(cells) == 2 * 7
+    assert cells[0:4] == ["0", "up", "127.0.0.1", "0"] and cells[7:11] == [
+        "1",
+        "up",
+        "127.0.0.1",
+        "1",
+    ]

@@ -10,7 +10,7 @@ from packer.contract.schema import from_record_batch
 from packer.plan.history import ConfigHistory
 from packer.plan.planner import EpochPlanner
 from service.job import ServiceJob, ServiceStopping
-from service.job.streams import RankStatus, rank_rows
+from service.job.rank_cursors import RankStatus, rank_rows
 from service.settings import ServiceSettings
 from service.state import CursorRecord, StateStore
 from tests.service.service_testkit import SMALL_CONFIG, InProcessFill

@@ -1,0 +1,68 @@
+"""`ForwardedEvents`: a streamer's rank streams tell the coordinator what they did.
+
+The streamer's `RankStreams` reports to this instead of a recorder
+(service.job.streams.StreamEvents); each event becomes one JSON object queued on the
+event reporter (service.streamers.wire lists them), and the coordinator replays them
+into the job's recorder. A delivered batch is worked out here, where its pixels are:
+its `Delivery` (packing and throughput counts) travels, never the batch. Its layout
+(which image spans which tokens, for the dashboard's picture) travels for at most one
+batch each `layout_interval_s`: the dashboard draws a dozen sequences, and drawing
+every batch would cost the coordinator a JSON parse per batch for nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+
+from packer.contract.cursor import BatchMetadata, Cursor
+from packer.contract.schema import from_record_batch
+from packer.plan.batch_plan import BatchPlan
+from service.job.layouts import SentLayout
+from service.live_stats import Delivery
+from service.streamers.reporter import EventReporter
+
+
+class ForwardedEvents:
+    """StreamEvents that go to the coordinator through `reporter`."""
+
+    def __init__(self, reporter: EventReporter, layout_interval_s: float = 0.5) -> None:
+        self._reporter = reporter
+        self.layout_interval_s = layout_interval_s
+        self._last_layout = float("-inf")
+
+    def opened(self, cursor: Cursor) -> None:
+        self._post("opened", cursor=cursor.to_dict())
+
+    def header_rejected(self, epoch: int, reasons: list[str]) -> None:
+        self._post("header_rejected", epoch=epoch, reasons=reasons)
+
+    def delivered(
+        self,
+        metadata: BatchMetadata,
+        plan: BatchPlan,
+        record_batch: pa.RecordBatch,
+        rejected: list[str],
+        notes: list[str],
+    ) -> None:
+        packed = from_record_batch(record_batch)
+        delivery = Delivery.of(plan, packed, rejected, record_batch.nbytes, notes)
+        layout = None
+        now = time.monotonic()
+        if packed.num_images and now - self._last_layout >= self.layout_interval_s:
+            self._last_layout = now
+            layout = SentLayout.of(metadata, packed).sequences()
+        self._post("delivered", delivery=delivery.to_dict(), layout=layout)
+
+    def advanced(self, cursor: Cursor, in_flight: int) -> None:
+        self._post("advanced", cursor=cursor.to_dict(), in_flight=in_flight)
+
+    def closed(self, cursor: Cursor) -> None:
+        self._post("closed", cursor=cursor.to_dict())
+
+    def flush(self) -> None:
+        self._reporter.flush()
+
+    def _post(self, kind: str, **values: object) -> None:
+        self._reporter.post({"kind": kind, "t": time.time(), **values})
