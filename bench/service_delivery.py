@@ -35,15 +35,15 @@ WORLD_SIZE = 2
 
 def _read_rank(location: str, rank: int, ready, go, results) -> None:
     """Read rank `rank`'s epoch 0 to its end once `go` is set: (rank, images, bytes)."""
-    import json
-
     import pyarrow.flight as flight
+
+    from packer.contract.cursor import Cursor
 
     client = flight.connect(location)
     ready.put(rank)
     go.wait()
-    ticket = json.dumps({"rank": rank, "world_size": WORLD_SIZE, "epoch": 0, "start_batch": 0})
-    reader = client.do_get(flight.Ticket(ticket.encode()))
+    ticket = Cursor(rank, WORLD_SIZE, epoch=0).to_ticket()
+    reader = client.do_get(flight.Ticket(ticket))
     images = nbytes = 0
     while True:
         try:

@@ -72,6 +72,32 @@ def test_pack_writes_batches_plain_pyarrow_reads_with_every_image_once_per_epoch
     }
 
 
+def test_each_batch_is_reported_once_and_the_stats_do_not_depend_on_the_order_tasks_end(
+    sample, tmp_path
+):
+    from packer.pipeline import pack_to_dir
+
+    # The fill's tasks end in any order; one at a time they end in plan order.
+    index = load_index(str(sample))
+    reports: dict[int, list[int]] = {1: [], 4: []}
+    stats = {}
+    for concurrency, seen in reports.items():
+        stats[concurrency] = pack_to_dir(
+            index,
+            ConfigHistory.start(CONFIG),
+            tmp_path / str(concurrency),
+            on_batch=lambda batch, _, seen=seen: seen.append(batch),
+            concurrency=concurrency,
+        ).to_dict()
+    batches = len(list((tmp_path / "1").glob("epoch-000/batch-*.arrow")))
+    assert reports[1] == list(range(batches))
+    assert sorted(reports[4]) == list(range(batches))
+    for summary in stats.values():
+        for timing in ("elapsed_s", "images_per_s", "tokens_per_s"):
+            summary.pop(timing)
+    assert stats[1] == stats[4]
+
+
 def test_simulate_predicts_exactly_what_pack_delivers(sample, tmp_path):
     index, delivered = _pack(sample, tmp_path / "out")
     predicted = simulate(index, ConfigHistory.start(CONFIG))
