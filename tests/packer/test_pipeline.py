@@ -306,3 +306,15 @@ def test_the_header_scan_on_ray_builds_the_index_the_threads_build(tmp_path):
     assert on_ray.num_rows == 12
     assert on_ray.table.equals(on_threads.table)
     assert list(scan_groups_on_ray([], IndexOptions())) == []  # nothing new: no task
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_plan", "plans"),
+    [(0.04, 5), (0.1, 2), (0.5, 1), (5.0, 1), (0.001, 8), (0.0, 8)],
+)
+def test_a_pack_task_takes_as_many_plans_as_fill_in_about_a_fifth_of_a_second(
+    seconds_per_plan, plans
+):
+    from packer.pipeline import _plans_per_task
+
+    assert _plans_per_task(seconds_per_plan) == plans
