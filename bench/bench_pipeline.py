@@ -4,8 +4,9 @@ instead, every one making the same packed folder from the same plans, in one run
     .venv/bin/python bench/bench_pipeline.py [--photos 3000] [--camera 600] [--cpus 2]
         [--rounds 5] [--no-profile] [--no-service] [--sets photos,camera]
 
-- ours: `pack_to_dir` on a local Ray with `cpus` CPUs (Ray Data, one task per block of
-  plans, workers write the files; the stats, rejected.jsonl and notes.jsonl too);
+- ours: `pack_to_dir` on a local Ray with `cpus` CPUs (plain Ray tasks of a few plans
+  each, workers write the files; the stats, rejected.jsonl and notes.jsonl too), planning
+  included;
 - the peers (bench/peers.py): multiprocessing Pool(cpus), torch DataLoader(num_workers=
   cpus) with a packing collate, plain Ray Data with its defaults.
 All start from the same `BatchPlan`s (packer.plan.epoch.plan_epoch) and write the same
