@@ -67,6 +67,7 @@ pretrain: venv $(SAMPLE)
 # torchvision built for another torch (bench_train loads its na_vit.py alone).
 bench: venv
 	$(BIN)/pip install --quiet --no-deps vit-pytorch einops
+	$(BIN)/pip install --quiet py-spy
 	$(BIN)/python bench/bench_packing.py
 	$(BIN)/python bench/bench_pipeline.py
 	$(BIN)/python bench/bench_train.py

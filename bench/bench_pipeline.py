@@ -1,27 +1,37 @@
-"""Pipeline throughput: the whole Ray pipeline (plan, fill on Ray Data, Arrow files)
-against the same per-image work done without Ray, all measured in one run.
+"""Pipeline throughput: `navit pack`'s pipeline against the peers a user would pick
+instead, every one making the same packed folder from the same plans, in one run.
 
     .venv/bin/python bench/bench_pipeline.py [--photos 3000] [--camera 600] [--cpus 2]
+        [--rounds 5] [--no-profile] [--no-service] [--sets photos,camera]
 
-- single: one process, the best path (draft decode at reduced scale, resize, patchify);
-- naive: one process, full decode then resize then patchify;
-- pool: multiprocessing.Pool(cpus) doing `single`'s work;
-- ours: `pack_to_dir` on a local Ray with `cpus` CPUs (planning, Ray Data, packing into
-  Arrow IPC files), end to end.
-Two data sets are generated once under bench/out/ (not in git): photo-sized JPEGs
-(about 0.2 MP, like ImageNet) and camera-sized JPEGs (6 MP). Prints JSON with ratios.
-600 camera JPEGs make a run of about 9 s; with 200 (3 s) Ray's start (about 0.2 s) and
-the last block's tail on one CPU weigh about 7% more against the Pool's warm workers.
-Every round runs single, naive (camera), Pool and ours back to back; each ratio is the
-median over rounds of the ratio within a round.
+- ours: `pack_to_dir` on a local Ray with `cpus` CPUs (plain Ray tasks of a few plans
+  each, workers write the files; the stats, rejected.jsonl and notes.jsonl too), planning
+  included;
+- the peers (bench/peers.py): multiprocessing Pool(cpus), torch DataLoader(num_workers=
+  cpus) with a packing collate, plain Ray Data with its defaults.
+All start from the same `BatchPlan`s (packer.plan.epoch.plan_epoch) and write the same
+Arrow batch files: before timing, every peer's files are compared byte for byte with
+ours (all names, and the bytes of `--checked` batches spread over the epoch).
+
+Two data sets are generated once under bench/out/ (not in git): photo-sized JPEGs (500x375,
+like ImageNet) and camera JPEGs (3000x2000). A round runs every contender once, in an
+order that rotates from round to round; rates are medians over rounds, and each ratio is
+the median over rounds of the ratio within a round (this machine is shared, and its speed
+drifts by +-10% over minutes). CPU per image is split by role (bench/cpu_use.py: the
+driver, the workers, Ray's own processes, and what ran beside a run); a last, profiled
+run of ours and the best peer splits the driver's and the workers' CPU by stage with
+py-spy (bench/stage_profile.py). With the service part (bench/service_delivery.py),
+`navit serve`'s delivery to two Flight ranks is timed against `pack_to_dir` on the photos.
+Prints JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
+import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -29,19 +39,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from cpu_use import CpuUse
+from peers import DataLoaderPeer, PoolPeer, RayDataPeer, RayDataTunedPeer
 from PIL import Image
+from stage_profile import StageProfile
 
 from packer.config import PackingConfig
-from packer.image.imageio import decode_resized
-from packer.image.patchify import patchify
+from packer.contract.packed_folder import batch_files, epoch_folder
 from packer.index.cache import load_index
+from packer.index.image_index import ImageIndex
+from packer.plan.batch_plan import BatchPlan
+from packer.plan.epoch import plan_epoch
 from packer.plan.history import ConfigHistory
-from packer.plan.planner import EpochPlanner
 
 OUT = Path(__file__).parent / "out"
+PEERS = ("pool", "dataloader", "ray_data")
 
 
-def _write_jpegs(folder: Path, count: int, size: tuple[int, int], seed: int) -> Path:
+def write_jpegs(folder: Path, count: int, size: tuple[int, int], seed: int) -> Path:
+    """`count` JPEGs of `size` (a third portrait) under folder/images, made once."""
     target = folder / "images"
     if target.exists() and len(list(target.glob("*.jpg"))) >= count:
         return folder
@@ -59,177 +75,263 @@ def _write_jpegs(folder: Path, count: int, size: tuple[int, int], seed: int) -> 
             axis=-1,
         )
         noise = rng.integers(0, 40, size=(h, w, 3))
-        pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
-        portrait = i % 3 == 0
-        image = Image.fromarray(pixels)
-        if portrait:
+        image = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+        if i % 3 == 0:
             image = image.transpose(Image.Transpose.ROTATE_90)
         image.save(target / f"{i:05d}.jpg", quality=90)
     return folder
 
 
-def _work_items(dataset: Path, config: PackingConfig) -> list[tuple[str, int, int]]:
-    index = load_index(str(dataset))
-    items = []
-    for plan in EpochPlanner(index, ConfigHistory.start(config), 0).iter_plans():
-        for uri, gh, gw in zip(plan.uri, plan.grid_h.tolist(), plan.grid_w.tolist(), strict=True):
-            items.append((uri, gh * config.patch_size, gw * config.patch_size))
-    return items
+class Ours:
+    """`pack_to_dir`, as `navit pack` runs it (stats, logs and the ledger included)."""
 
+    name = "ours"
 
-def _best_path(item: tuple[str, int, int]) -> int:
-    uri, h, w = item
-    image = decode_resized(Path(uri).read_bytes(), w, h)
-    return patchify(image, 16).shape[0]
+    def __init__(self, index: ImageIndex, history: ConfigHistory) -> None:
+        self.index = index
+        self.history = history
 
+    def run(self, plans: list[BatchPlan], out_dir: str | Path) -> int:
+        from packer.pipeline import pack_to_dir
 
-def _naive_path(item: tuple[str, int, int]) -> int:
-    uri, h, w = item
-    with Image.open(uri) as im:
-        image = np.asarray(im.convert("RGB").resize((w, h), Image.Resampling.BILINEAR))
-    return patchify(image, 16).shape[0]
+        return pack_to_dir(self.index, self.history, out_dir).images_packed
 
+    def worker_pids(self) -> None:
+        return None  # Ray's workers (bench.cpu_use.role_of)
 
-def _machine_busy_s() -> float:
-    """CPU seconds the whole machine has spent busy (Linux /proc/stat: all but idle and
-    iowait), so Ray's driver, raylet, GCS and workers are all counted."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    def close(self) -> None:
+        pass
 
 
 @dataclass
-class _Run:
-    """One timed run: images per second, and CPU milliseconds per image spent by the
-    machine (every process) and by this process (for ours: Ray's driver)."""
+class Run:
+    """One timed run: images/s, CPU ms per image by role, and how busy the workers kept
+    the CPUs (their CPU time over cpus x wall time)."""
 
     rate: float
-    machine_cpu_ms: float
-    own_cpu_ms: float
+    cpu_ms: dict[str, float]
+    utilisation: float
 
 
-def _timed(run) -> _Run:
-    """Time `run()`, which returns how many images it delivered."""
-    wall, busy, own = time.perf_counter(), _machine_busy_s(), time.process_time()
-    images = run()
-    wall = time.perf_counter() - wall
-    busy, own = _machine_busy_s() - busy, time.process_time() - own
-    return _Run(images / wall, 1e3 * busy / images, 1e3 * own / images)
+def timed_run(runner, plans: list[BatchPlan], cpus: int, profile: bool = False):
+    """Run `runner` once into a fresh folder; (Run, its stages if `profile`)."""
+    out = Path(tempfile.mkdtemp(prefix=f"bench-{runner.name}-", dir=OUT))
+    try:
+        before = CpuUse.now()
+        workers = runner.worker_pids()
+        stages = None
+        if profile:
+            pids = {"driver": [os.getpid()], "workers": before.pids("workers", workers)}
+            with StageProfile(pids) as stages:
+                wall, images = _timed(runner, plans, out)
+        else:
+            wall, images = _timed(runner, plans, out)
+        spent = CpuUse.now().spent_since(before, workers)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    run = Run(
+        rate=images / wall,
+        cpu_ms={role: 1e3 * s / images for role, s in spent.items()},
+        utilisation=spent["workers"] / (cpus * wall),
+    )
+    return run, (stages.ms_per_image(spent, images) if stages else None), stages
 
 
-def _single(fn, items) -> _Run:
-    return _timed(lambda: len([fn(item) for item in items]))
+def _timed(runner, plans: list[BatchPlan], out: Path) -> tuple[float, int]:
+    start = time.perf_counter()
+    images = runner.run(plans, out)
+    return time.perf_counter() - start, images
 
 
-def _pool_run(pool, items) -> _Run:
-    return _timed(lambda: len(pool.map(_best_path, items, chunksize=8)))
+def same_files(ours: Path, theirs: Path, checked: int) -> bool:
+    """The same batch file names, and the same bytes in `checked` of them spread over
+    the epoch (its first and last included)."""
+    mine, other = batch_files(epoch_folder(ours, 0)), batch_files(epoch_folder(theirs, 0))
+    if [p.name for p in mine] != [p.name for p in other] or not mine:
+        return False
+    picks = sorted({round(k) for k in np.linspace(0, len(mine) - 1, max(checked, 2))})
+    return all(mine[k].read_bytes() == other[k].read_bytes() for k in picks)
 
 
-def _ours_run(index, config: PackingConfig, plans_per_block: int | None) -> _Run:
-    from packer.pipeline import pack_to_dir
-
-    history = ConfigHistory.start(config)
-    with tempfile.TemporaryDirectory() as out:
-        return _timed(
-            lambda: pack_to_dir(index, history, out, plans_per_block=plans_per_block).images_packed
-        )
+def _median(values) -> float:
+    return statistics.median(values)
 
 
-def _median_ratio(ratios) -> float:
-    return round(statistics.median(ratios), 3)
+def make_runner(name: str, cpus: int, plans: list[BatchPlan], index, history):
+    """A contender by name: pool, dataloader, ray_data, ray_data_tuned_N, ours."""
+    if name == "pool":
+        return PoolPeer(cpus)
+    if name == "dataloader":
+        return DataLoaderPeer(cpus, plans)
+    if name == "ray_data":
+        return RayDataPeer()
+    if name.startswith("ray_data_tuned_"):
+        return RayDataTunedPeer(int(name.rsplit("_", 1)[1]))
+    if name == "ours":
+        return Ours(index, history)
+    raise SystemExit(f"unknown contender {name!r}")
 
 
-def _median_ms(values) -> float:
-    return round(statistics.median(values), 3)
-
-
-def measure(
+def measure_set(
     dataset: Path,
     config: PackingConfig,
+    contenders: list[str],
     cpus: int,
-    naive: bool,
     rounds: int,
-    plans_per_block: int | None = None,
+    checked: int,
+    profile: bool,
 ) -> dict:
-    """Median rates over `rounds` interleaved rounds (this machine is shared and noisy)."""
-    items = _work_items(dataset, config)
     index = load_index(str(dataset))
-    result: dict = {"images": len(items)}
-    singles, pools, ours_runs, naives = [], [], [], []
-    with multiprocessing.get_context("spawn").Pool(cpus) as pool:
-        pool.map(_best_path, items[: 2 * cpus])  # warm the workers' imports
-        _ours_run(index, config, plans_per_block)  # warm: Ray workers, imports
-        # The single process runs in every round too: this machine's speed drifts by
-        # ±10% over minutes, so a single figure taken once would skew every ratio.
-        for _ in range(rounds):
-            singles.append(_single(_best_path, items[: max(len(items) // 2, 1)]))
-            if naive:
-                naives.append(_single(_naive_path, items[: max(len(items) // 8, 1)]).rate)
-            pools.append(_pool_run(pool, items))
-            ours_runs.append(_ours_run(index, config, plans_per_block))
-    single = statistics.median(r.rate for r in singles)
-    pool_rate = statistics.median(r.rate for r in pools)
-    ours = statistics.median(r.rate for r in ours_runs)
-    result["single_rounds"] = [round(r.rate, 1) for r in singles]
-    result["pool_rounds"] = [round(r.rate, 1) for r in pools]
-    result["ours_rounds"] = [round(r.rate, 1) for r in ours_runs]
-    # Ratios are taken within each round (the three ran back to back) and then the
-    # median over rounds, so a slow or fast spell of the machine cancels out.
-    rounds_ = list(zip(singles, pools, ours_runs, strict=True))
-    result.update(
-        {
-            "single_images_per_s": round(single, 1),
-            "pool_images_per_s": round(pool_rate, 1),
-            "ours_images_per_s": round(ours, 1),
-            "pool_per_core_vs_single": _median_ratio(p.rate / cpus / s.rate for s, p, _ in rounds_),
-            "ours_per_core_vs_single": _median_ratio(o.rate / cpus / s.rate for s, _, o in rounds_),
-            "ours_vs_pool": _median_ratio(o.rate / p.rate for _, p, o in rounds_),
-            # Where the time goes: CPU ms per image of the single process, of the whole
-            # machine during Pool(2) and during ours, and of Ray's driver during ours.
-            "cpu_ms_per_image": {
-                "single": _median_ms(r.own_cpu_ms for r in singles),
-                "pool_machine": _median_ms(r.machine_cpu_ms for r in pools),
-                "ours_machine": _median_ms(r.machine_cpu_ms for r in ours_runs),
-                "ours_driver": _median_ms(r.own_cpu_ms for r in ours_runs),
-            },
-        }
-    )
-    if naive:
-        result["naive_images_per_s"] = round(statistics.median(naives), 1)
-        result["ours_vs_naive_single_core"] = round(
-            statistics.median(o.rate / cpus / n for o, n in zip(ours_runs, naives, strict=True)), 2
+    history = ConfigHistory.start(config)
+    plans = list(plan_epoch(index, history, 0).planner.iter_plans())
+    runners = [make_runner(name, cpus, plans, index, history) for name in contenders]
+    try:
+        return _measure(runners, plans, cpus, rounds, checked, profile)
+    finally:
+        for runner in runners:
+            runner.close()
+
+
+def _measure(runners, plans, cpus: int, rounds: int, checked: int, profile: bool) -> dict:
+    names = [r.name for r in runners]
+    # ray_data_tuned_N is ours as it was, not a peer: reported beside, never "best".
+    peers = [name for name in names if name in PEERS]
+    result: dict = {"images": sum(p.num_images for p in plans), "batches": len(plans)}
+    # Warm every contender (imports, workers) and check its files against ours.
+    reference = Path(tempfile.mkdtemp(prefix="bench-reference-", dir=OUT))
+    try:
+        by_name = {r.name: r for r in runners}
+        by_name["ours"].run(plans, reference)
+        equal = {}
+        for name in [n for n in names if n != "ours"]:
+            theirs = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=OUT))
+            by_name[name].run(plans, theirs)
+            equal[name] = same_files(reference, theirs, checked)
+            shutil.rmtree(theirs)
+    finally:
+        shutil.rmtree(reference, ignore_errors=True)
+    result["same_files_as_ours"] = equal
+    if not all(equal.values()):
+        raise SystemExit(f"a peer's batch files differ from ours: {equal}")
+
+    runs: dict[str, list[Run]] = {name: [] for name in names}
+    for k in range(rounds):
+        order = runners[k % len(runners) :] + runners[: k % len(runners)]
+        for runner in order:
+            runs[runner.name].append(timed_run(runner, plans, cpus)[0])
+    rates = {name: _median(r.rate for r in runs[name]) for name in names}
+    best = max(peers, key=lambda name: rates[name])
+    result["rounds"] = {name: [round(r.rate, 1) for r in runs[name]] for name in names}
+    result["peers"] = {name: round(rates[name], 1) for name in peers}
+    result["ours"] = round(rates["ours"], 1)
+    result["others"] = {n: round(rates[n], 1) for n in names if n not in peers and n != "ours"}
+    result["best_peer"] = best
+    result["ours_vs_peer"] = {
+        name: round(
+            _median(o.rate / p.rate for o, p in zip(runs["ours"], runs[name], strict=True)), 3
         )
+        for name in names
+        if name != "ours"
+    }
+    result["ours_vs_best_peer"] = result["ours_vs_peer"][best]
+    result["cpu_ms_per_image"] = {
+        name: {
+            role: round(_median(r.cpu_ms[role] for r in runs[name]), 3)
+            for role in runs[name][0].cpu_ms
+        }
+        for name in names
+    }
+    result["utilisation"] = {
+        name: round(_median(r.utilisation for r in runs[name]), 3) for name in names
+    }
+    if profile:
+        result["stages_ms_per_image"] = {}
+        result["framework_leaves"] = {}
+        for name in ("ours", best):
+            run, stages, profiled = timed_run(by_name[name], plans, cpus, profile=True)
+            result["stages_ms_per_image"][name] = {"rate": round(run.rate, 1), **stages}
+            result["framework_leaves"][name] = {
+                role: [f"{n} {leaf}" for leaf, n in leaves.most_common(6)]
+                for role, leaves in profiled.framework_leaves.items()
+            }
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=3000)
     parser.add_argument("--camera", type=int, default=600)
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--checked", type=int, default=5, help="batches compared byte for byte")
+    parser.add_argument("--sets", default="photos,camera")
     parser.add_argument(
-        "--plans-per-block",
-        type=int,
-        default=None,
-        help="pack_to_dir's plans per Ray Data block (default: its own choice, up to 4)",
+        "--contenders",
+        default="pool,dataloader,ray_data,ours",
+        help="also ray_data_tuned_N: pack_to_dir's Ray Data path before it moved to tasks",
     )
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--no-service", action="store_true")
+    parser.add_argument("--service-rounds", type=int, default=3)
     args = parser.parse_args()
+
     from packer.pipeline import init_ray
 
+    # Ray starts its workers at nice 15 (RAY_worker_niceness); on this shared machine
+    # that hands another user's processes the CPUs during ours but not during the
+    # peers', whose workers run at nice 0. Alone on a machine it changes nothing.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     init_ray(num_cpus=args.cpus)
+    _quiet_ray_data()
+    OUT.mkdir(parents=True, exist_ok=True)
     config = PackingConfig(batch_size=8)
-    photos = _write_jpegs(OUT / f"photos-{args.photos}", args.photos, (500, 375), seed=1)
-    camera = _write_jpegs(OUT / f"camera-{args.camera}", args.camera, (3000, 2000), seed=2)
-    report = {
-        "cpus": args.cpus,
-        "photo_jpegs_500x375": measure(
-            photos, config, args.cpus, False, args.rounds, args.plans_per_block
-        ),
-        "camera_jpegs_3000x2000": measure(
-            camera, config, args.cpus, True, args.rounds, args.plans_per_block
-        ),
+    sets = {
+        "photos": ("photo_jpegs_500x375", args.photos, (500, 375), 1),
+        "camera": ("camera_jpegs_3000x2000", args.camera, (3000, 2000), 2),
     }
+    report: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "ray_cpus": args.cpus,
+            "python": platform.python_version(),
+        },
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    started = time.time()
+    for key in args.sets.split(","):
+        name, count, size, seed = sets[key]
+        folder = write_jpegs(OUT / f"{key}-{count}", count, size, seed)
+        report[name] = measure_set(
+            folder,
+            config,
+            args.contenders.split(","),
+            args.cpus,
+            args.rounds,
+            args.checked,
+            not args.no_profile,
+        )
+    if not args.no_service:
+        from service_delivery import measure_service
+
+        folder = write_jpegs(OUT / f"photos-{args.photos}", args.photos, (500, 375), 1)
+        report["service_vs_pack_photos"] = measure_service(
+            folder, config, args.cpus, args.service_rounds
+        )
+    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["minutes"] = round((time.time() - started) / 60, 1)
     print(json.dumps(report, indent=2))
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data's INFO and WARNING lines (the plain peer's "falling back to pickled
+    objects", its execution summaries) stay in Ray's log file, off the JSON."""
+    import logging
+
+    import ray.data  # noqa: F401 - sets up its handlers
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ != "SessionFileHandler":
+            handler.setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

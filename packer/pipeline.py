@@ -4,33 +4,36 @@ only module here that imports Ray.
 The index's header scan (`scan_groups_on_ray`): one Ray task per file group of the source
 (packer.index.build.scan_group), so building an index scales with the cluster.
 
-Two ways in, one fill function (`packer.fill.fill_batch`):
-- `pack_to_dir`: whole epochs with Ray Data (`navit pack`). The planner has already
-  decided every batch, so the dataset is simply one item per BatchPlan, mapped by the
-  fill; each block holds one plan so both CPUs stay busy, and workers write the files.
-- `stream_filled`: an ordered, bounded stream of filled batches for the service, with
-  Ray tasks. The plans come lazily from a planner (so a config change applies at the
-  next unplanned window), and at most `max_in_flight` batches are being filled or
-  waiting to be read: a slow reader stops new work instead of growing a buffer.
+Two ways in, one fill function (`packer.fill.fill_batch`), both on Ray tasks:
+- `pack_to_dir`: whole epochs into a packed folder (`navit pack`). The planner decides
+  every batch, so each task fills and writes a few plans (`fill_and_write`, as many as
+  fill in about 0.2 s) and reports only what it wrote; 2 tasks per CPU are pending, and
+  the driver takes whichever ends first: no ordering to wait on, the files say where
+  each batch goes.
+- `stream_filled`: an ordered, bounded stream of filled batches for the service. The
+  plans come lazily from a planner (so a config change applies at the next unplanned
+  window), and at most `max_in_flight` batches are being filled or waiting to be read:
+  a slow reader stops new work instead of growing a buffer.
 
-Ray Data's default resource reservation held the map to one of two CPUs on these
-machines ("backpressured: tasks(ResourceBudget)" in its log), so it is turned off, and
-`batch_size=None` hands each task its whole one-plan block.
+Why tasks, not Ray Data, for the pack: a Ray Data run cost the driver about 0.1 s
+before its first task and 10 ms of CPU per task (its streaming executor, block
+metadata, stats actors), which on 2 CPUs held the pack to 0.85-0.94x of a plain
+process pool filling the same plans, whatever the plans per block (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import os
-import pickle
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import ray
 
@@ -139,22 +142,6 @@ def fill_to_ipc(plan: BatchPlan) -> EncodedBatch:
     )
 
 
-def _fill_and_write_block(block: dict[str, np.ndarray], out_dir: str) -> dict[str, np.ndarray]:
-    """Ray Data map: fill and write each plan of the block (packer.fill.batch), return
-    only what was written (stats, rejects, notes), pickled.
-
-    Writing on the worker keeps the multi-MB batches off the driver's copies and writes.
-    Plans and results travel pickled, as bytes: given objects, Ray Data pickles each one
-    several times and formats its numpy arrays with repr() while inferring an Arrow type.
-    What each of these choices measured: see bench/RESULTS.md.
-    """
-    written = [
-        pickle.dumps(fill_and_write(pickle.loads(pickled), Path(out_dir)), protocol=5)
-        for pickled in block["plan"]
-    ]
-    return {"written": np.array(written, dtype=object)}
-
-
 def stream_filled(plans: Iterable[BatchPlan], max_in_flight: int = 4) -> Iterator[EncodedBatch]:
     """Fill plans on Ray tasks, yielding in order with at most `max_in_flight` pending
     (packer.fill.bounded)."""
@@ -178,20 +165,6 @@ def scan_groups_on_ray(
     )
 
 
-def _ray_data_console_like_ray() -> None:
-    """Ray Data prints INFO lines to the terminal whatever ray.init's logging_level: give
-    its console handlers the level init_ray gave Ray's logger (its log file keeps all)."""
-    level = max(logging.getLogger("ray").getEffectiveLevel(), logging.INFO)
-    for handler in logging.getLogger("ray.data").handlers:
-        if type(handler).__name__ != "SessionFileHandler":
-            handler.setLevel(level)
-
-
-def _auto_plans_per_block(num_plans: int) -> int:
-    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
-    return max(1, min(4, num_plans // (8 * cpus)))
-
-
 def pack_to_dir(
     index: ImageIndex,
     history: ConfigHistory,
@@ -199,18 +172,16 @@ def pack_to_dir(
     epochs: int = 1,
     on_batch: Callable[[int, PackingStats], None] | None = None,
     concurrency: int | None = None,
-    plans_per_block: int | None = None,
     ledger: RejectLedger | None = None,
 ) -> PackingStats:
-    """Plan and fill `epochs` epochs into a packed folder with Ray Data; returns the
+    """Plan and fill `epochs` epochs into a packed folder on Ray tasks; returns the
     delivered stats. `out_dir` must be visible to every Ray worker (local, or shared).
 
-    The planner decides every batch up front, so the dataset is one item per BatchPlan;
-    workers fill and write, and the driver only merges what they report. `plans_per_block`
-    (default: up to 4 while every CPU still gets 8 blocks) trades Ray Data's per-task
-    overhead against balance (the rates of 1, 2 and 4: see bench/RESULTS.md). `on_batch`
-    is called with each written batch's global index and the stats so far (a progress
-    display reads them); `concurrency` caps the fill tasks at once.
+    The planner decides every batch, so each task fills and writes one BatchPlan and the
+    driver only merges what the tasks report, in the order they end. `on_batch` is
+    called with each written batch's global index and the stats so far (a progress
+    display reads them); `concurrency` caps the fill tasks pending at once (default: 2
+    per CPU of the cluster, so a CPU that finishes one has the next at hand).
 
     Writes `rejected.jsonl` and `notes.jsonl` (see `_PackLogs`) and leaves `stats.json`
     to the caller. Images the fill rejects are recorded in `ledger` (default: the index's
@@ -231,7 +202,7 @@ def pack_to_dir(
             stats.add_rejected([r.reason for r in planned.rejected])
             logs.rejected(epoch, planned.rejected)
             fill_rejects: list[Reject] = []
-            for written in _fill_and_write_epoch(planned, out, concurrency, plans_per_block):
+            for written in _fill_and_write_epoch(planned, out, concurrency):
                 stats.merge(written.stats)
                 logs.rejected(epoch, written.rejected)
                 logs.decode_notes(epoch, written.notes)
@@ -245,31 +216,67 @@ def pack_to_dir(
 
 
 def _fill_and_write_epoch(
-    planned: EpochPlan, out: Path, concurrency: int | None, plans_per_block: int | None
+    planned: EpochPlan, out: Path, concurrency: int | None
 ) -> Iterator[WrittenBatch]:
-    """Every batch of the epoch filled and written by Ray Data workers, as reported."""
-    import ray.data
+    """Every batch of the epoch filled and written by Ray tasks, as the tasks end.
 
-    _ray_data_console_like_ray()
-    context = ray.data.DataContext.get_current()
-    context.op_resource_reservation_enabled = False
-    context.enable_progress_bars = False
-    plans = list(planned.planner.iter_plans())
-    if not plans:
-        return
-    per_block = plans_per_block or _auto_plans_per_block(len(plans))
-    dataset = ray.data.from_items(
-        [{"plan": pickle.dumps(p, protocol=5)} for p in plans],
-        override_num_blocks=-(-len(plans) // per_block),
-    ).map_batches(
-        _fill_and_write_block,
-        batch_size=None,
-        batch_format="numpy",
-        fn_kwargs={"out_dir": str(out)},
-        concurrency=concurrency,
-    )
-    for row in dataset.iter_rows():
-        yield pickle.loads(row["written"])
+    Plans are made lazily, so the first tasks start once the first window is planned. A
+    task takes one plan until the first tasks have timed the fill, then as many plans as
+    fill in about `_TASK_SECONDS` (at most `_MAX_PLANS_PER_TASK`): a Ray task costs a few
+    ms of CPU whatever it does, which is 5-10% of a plan of small photos (tens of ms) and
+    nothing next to a plan of camera JPEGs (bench/RESULTS.md). For 3000 photos at 40 ms
+    a plan: 4 tasks of 1 plan, then tasks of 4-5 plans.
+    """
+    remote_fill = _remote_fill_plans()
+    if concurrency is None:
+        concurrency = 2 * max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    plans = planned.planner.iter_plans()
+    plans_per_task = 1
+    pending: list[ray.ObjectRef] = []
+    while True:
+        while len(pending) < concurrency:
+            group = list(itertools.islice(plans, plans_per_task))
+            if not group:
+                break
+            pending.append(remote_fill.remote(group, out))
+        if not pending:
+            return
+        done, pending = ray.wait(pending, num_returns=1)
+        filled: FilledPlans = ray.get(done[0])
+        plans_per_task = _plans_per_task(filled.seconds / len(filled.written))
+        yield from filled.written
+
+
+_TASK_SECONDS = 0.2
+_MAX_PLANS_PER_TASK = 8
+
+
+def _plans_per_task(seconds_per_plan: float) -> int:
+    """Plans for a task of about _TASK_SECONDS: 40 ms a plan gives 5, 0.5 s gives 1."""
+    wanted = round(_TASK_SECONDS / max(seconds_per_plan, 1e-6))
+    return min(max(wanted, 1), _MAX_PLANS_PER_TASK)
+
+
+@dataclass(frozen=True)
+class FilledPlans:
+    """What one fill task reports: each plan's WrittenBatch, and the seconds it took."""
+
+    written: list[WrittenBatch]
+    seconds: float
+
+
+def fill_and_write_plans(plans: list[BatchPlan], out: Path) -> FilledPlans:
+    """fill_and_write each plan in turn: the unit of work of `navit pack` on a worker."""
+    started = time.perf_counter()
+    written = [fill_and_write(plan, out) for plan in plans]
+    return FilledPlans(written, time.perf_counter() - started)
+
+
+@functools.cache
+def _remote_fill_plans() -> ray.remote_function.RemoteFunction:
+    """One remote function per process, so Ray exports it once, not once an epoch.
+    Explicit retries: a task on a node that dies runs again and writes the same files."""
+    return ray.remote(num_cpus=1, max_retries=3)(fill_and_write_plans)
 
 
 class _PackLogs:

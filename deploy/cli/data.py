@@ -138,7 +138,10 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-address", default=None, help="Ray cluster address (default: local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
     parser.add_argument(
-        "--concurrency", type=int, default=None, help="fill tasks at once (default: all CPUs)"
+        "--concurrency",
+        type=int,
+        default=None,
+        help="fill tasks pending at once (default: 2 per CPU of the Ray cluster)",
     )
     parser.add_argument(
         "--no-progress",

@@ -74,34 +74,41 @@ def fill_batch(plan: BatchPlan, reader: ByteReader | None = None) -> FillResult:
     rejected: list[Reject] = []
     notes: list[ImageNote] = []
 
-    for i in range(plan.num_images):
-        s = int(plan.sequence[i])
-        gh, gw, n_keep = int(plan.grid_h[i]), int(plan.grid_w[i]), int(plan.num_kept[i])
-        try:
-            with capture_notes(), notes_of(plan.image_ids[i]) as image_notes:
-                data = reader.read(
-                    plan.uri[i], int(plan.offset[i]), int(plan.length[i]), int(plan.source_row[i])
-                )
-                # A folder's file decodes as the format its name says (plan.uri is the
-                # file); a shard member or Parquet row by signature alone.
-                image = decode_resized(data, gw * p, gh * p, format_named_by(plan.uri[i]))
-        except RejectedImage as e:
-            rejected.append(Reject(plan.image_ids[i], e.reason, e.detail))
-            continue
-        finally:
-            notes.extend(image_notes)
-        tokens = kept_token_indices(config, plan.epoch, int(plan.key[i]), gh * gw, n_keep)
-        start, stop = int(next_token[s]), int(next_token[s]) + len(tokens)
-        if n_keep == gh * gw:  # nothing dropped: one copy, straight into the slot
-            patchify(image, p, out=patches[s, start:stop])
-        else:
-            patches[s, start:stop] = patchify(image, p)[tokens]
-        segment_ids[s, start:stop] = next_slot[s]
-        patch_rows[s, start:stop] = tokens // gw
-        patch_cols[s, start:stop] = tokens % gw
-        next_token[s] = stop
-        next_slot[s] += 1
-        kept.append(i)
+    # One capture for the whole batch: entering it sets up warning and log filters,
+    # work that per image was a measurable share of a small photo's fill (see
+    # bench/RESULTS.md); notes_of still gives each image its own notes.
+    with capture_notes():
+        for i in range(plan.num_images):
+            s = int(plan.sequence[i])
+            gh, gw, n_keep = int(plan.grid_h[i]), int(plan.grid_w[i]), int(plan.num_kept[i])
+            try:
+                with notes_of(plan.image_ids[i]) as image_notes:
+                    data = reader.read(
+                        plan.uri[i],
+                        int(plan.offset[i]),
+                        int(plan.length[i]),
+                        int(plan.source_row[i]),
+                    )
+                    # A folder's file decodes as the format its name says (plan.uri is the
+                    # file); a shard member or Parquet row by signature alone.
+                    image = decode_resized(data, gw * p, gh * p, format_named_by(plan.uri[i]))
+            except RejectedImage as e:
+                rejected.append(Reject(plan.image_ids[i], e.reason, e.detail))
+                continue
+            finally:
+                notes.extend(image_notes)
+            tokens = kept_token_indices(config, plan.epoch, int(plan.key[i]), gh * gw, n_keep)
+            start, stop = int(next_token[s]), int(next_token[s]) + len(tokens)
+            if n_keep == gh * gw:  # nothing dropped: one copy, straight into the slot
+                patchify(image, p, out=patches[s, start:stop])
+            else:
+                patches[s, start:stop] = patchify(image, p)[tokens]
+            segment_ids[s, start:stop] = next_slot[s]
+            patch_rows[s, start:stop] = tokens // gw
+            patch_cols[s, start:stop] = tokens % gw
+            next_token[s] = stop
+            next_slot[s] += 1
+            kept.append(i)
 
     idx = np.asarray(kept, dtype=np.int64)
     batch = PackedBatch(

@@ -72,6 +72,32 @@ def test_pack_writes_batches_plain_pyarrow_reads_with_every_image_once_per_epoch
     }
 
 
+def test_each_batch_is_reported_once_and_the_stats_do_not_depend_on_the_order_tasks_end(
+    sample, tmp_path
+):
+    from packer.pipeline import pack_to_dir
+
+    # The fill's tasks end in any order; one at a time they end in plan order.
+    index = load_index(str(sample))
+    reports: dict[int, list[int]] = {1: [], 4: []}
+    stats = {}
+    for concurrency, seen in reports.items():
+        stats[concurrency] = pack_to_dir(
+            index,
+            ConfigHistory.start(CONFIG),
+            tmp_path / str(concurrency),
+            on_batch=lambda batch, _, seen=seen: seen.append(batch),
+            concurrency=concurrency,
+        ).to_dict()
+    batches = len(list((tmp_path / "1").glob("epoch-000/batch-*.arrow")))
+    assert reports[1] == list(range(batches))
+    assert sorted(reports[4]) == list(range(batches))
+    for summary in stats.values():
+        for timing in ("elapsed_s", "images_per_s", "tokens_per_s"):
+            summary.pop(timing)
+    assert stats[1] == stats[4]
+
+
 def test_simulate_predicts_exactly_what_pack_delivers(sample, tmp_path):
     index, delivered = _pack(sample, tmp_path / "out")
     predicted = simulate(index, ConfigHistory.start(CONFIG))
@@ -280,3 +306,15 @@ def test_the_header_scan_on_ray_builds_the_index_the_threads_build(tmp_path):
     assert on_ray.num_rows == 12
     assert on_ray.table.equals(on_threads.table)
     assert list(scan_groups_on_ray([], IndexOptions())) == []  # nothing new: no task
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_plan", "plans"),
+    [(0.04, 5), (0.1, 2), (0.5, 1), (5.0, 1), (0.001, 8), (0.0, 8)],
+)
+def test_a_pack_task_takes_as_many_plans_as_fill_in_about_a_fifth_of_a_second(
+    seconds_per_plan, plans
+):
+    from packer.pipeline import _plans_per_task
+
+    assert _plans_per_task(seconds_per_plan) == plans
