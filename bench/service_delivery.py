@@ -45,11 +45,7 @@ def _read_rank(location: str, rank: int, ready, go, results) -> None:
     ticket = Cursor(rank, WORLD_SIZE, epoch=0).to_ticket()
     reader = client.do_get(flight.Ticket(ticket))
     images = nbytes = 0
-    while True:
-        try:
-            chunk = reader.read_chunk()
-        except StopIteration:
-            break
+    for chunk in reader:  # a FlightStreamChunk: data and app_metadata
         images += len(chunk.data.column("image_ids").flatten())
         nbytes += chunk.data.nbytes
     client.close()
