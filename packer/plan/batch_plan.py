@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -18,8 +18,9 @@ from packer.plan.history import ConfigVersion
 
 
 @dataclass(frozen=True)
-class BatchLayout:
-    """One planned batch: which table rows go to which sequence, and their draws.
+class _PlannedBatch:
+    """What a layout and its plan share: the batch's place and config, and each image's
+    sequence and draws.
 
     Per-image arrays are flat over the batch in row order: `sequence[i]` is the row
     (0..num_sequences-1) image i lands in, and images of one sequence are in slot order.
@@ -31,7 +32,6 @@ class BatchLayout:
     config: PackingConfig
     num_sequences: int  # rows of the Arrow batch, every one holding an image (but a filler)
     sequence: np.ndarray  # [N] int32
-    rows: np.ndarray  # [N] int64, the index table's rows
     key: np.ndarray  # [N] uint64
     grid_h: np.ndarray  # [N] int64
     grid_w: np.ndarray  # [N] int64
@@ -39,7 +39,7 @@ class BatchLayout:
 
     @property
     def num_images(self) -> int:
-        return len(self.rows)
+        return len(self.sequence)
 
     @property
     def real_tokens(self) -> int:
@@ -47,59 +47,37 @@ class BatchLayout:
 
 
 @dataclass(frozen=True)
-class BatchPlan:
-    """Everything the fill step needs to build one packed batch, without the index.
+class BatchLayout(_PlannedBatch):
+    """One planned batch: which table rows go to which sequence, and their draws."""
 
-    Per-image arrays are flat over the batch in row order: `sequence[i]` is the row
-    (0..num_sequences-1) image i lands in, and images of one sequence are in slot order.
-    """
+    rows: np.ndarray  # [N] int64, the index table's rows
 
-    epoch: int
-    global_batch: int  # the batch's index in the epoch (rank striding: contract.cursor)
-    config_version: int
-    config: PackingConfig
-    num_sequences: int  # rows of the Arrow batch, every one holding an image (but a filler)
-    sequence: np.ndarray  # [N] int32
+
+@dataclass(frozen=True)
+class BatchPlan(_PlannedBatch):
+    """Everything the fill step needs to build one packed batch, without the index: the
+    layout with each image's id, location and label."""
+
     image_ids: list[str]
     uri: list[str]
     offset: np.ndarray  # [N] int64
     length: np.ndarray  # [N] int64
     source_row: np.ndarray  # [N] int64, the Parquet row (-1: not Parquet)
     label: np.ndarray  # [N] int64
-    key: np.ndarray  # [N] uint64
-    grid_h: np.ndarray  # [N] int64
-    grid_w: np.ndarray  # [N] int64
-    num_kept: np.ndarray  # [N] int64
-
-    @property
-    def num_images(self) -> int:
-        return len(self.image_ids)
-
-    @property
-    def real_tokens(self) -> int:
-        return int(self.num_kept.sum())
 
     @classmethod
     def located(cls, layout: BatchLayout, index: ImageIndex) -> BatchPlan:
         """The layout with its images' ids, locations and labels read from `index`."""
         where = index.locations(layout.rows)
+        shared = {f.name: getattr(layout, f.name) for f in fields(_PlannedBatch)}
         return cls(
-            epoch=layout.epoch,
-            global_batch=layout.global_batch,
-            config_version=layout.config_version,
-            config=layout.config,
-            num_sequences=layout.num_sequences,
-            sequence=layout.sequence,
+            **shared,
             image_ids=where.image_ids,
             uri=where.uri,
             offset=where.offset,
             length=where.length,
             source_row=where.source_row,
             label=where.label,
-            key=layout.key,
-            grid_h=layout.grid_h,
-            grid_w=layout.grid_w,
-            num_kept=layout.num_kept,
         )
 
     @classmethod
