@@ -125,9 +125,7 @@ def train(config: TrainConfig, token: str | None = None) -> list[dict[str, Any]]
         stream.close()  # stops the prefetch thread
         model.save(ckpt_path, completed, config.steps, cursor)
         if config.eval_source:
-            log.write(
-                evaluate(model.navit, config.eval_source, completed, rank, world_size, device)
-            )
+            log.write(model.evaluate(config.eval_source, completed, rank, world_size, device))
         log.close()
     return log.records
 

@@ -94,6 +94,31 @@ def test_eval_lines_every_n_steps_and_at_the_end(learnable, tmp_path):
     assert [r for r in read_metrics(tmp_path) if r.get("eval")] == evals
 
 
+def test_the_final_eval_maps_the_eval_sources_labels_by_class_name(tmp_path):
+    import shutil
+
+    from trainer.checkpoint import load_trained_model
+    from trainer.evaluate import evaluate
+
+    source = write_learnable_folder(tmp_path / "packed", epochs=1, batches=2, seq_len=32)
+    (source / "classes.json").write_text(json.dumps(["a", "b", "c", "d"]))
+    # The same batches, whose label k means the k-th of another order of the names.
+    shutil.copytree(source, tmp_path / "eval")
+    (tmp_path / "eval" / "classes.json").write_text(json.dumps(["d", "c", "b", "a"]))
+    config = TrainConfig(
+        source=str(source),
+        steps=2,
+        ckpt_dir=str(tmp_path / "ckpt"),
+        eval_source=str(tmp_path / "eval"),
+        progress=False,
+    )
+    (final,) = [r for r in train(config) if r.get("eval")]
+    trained = load_trained_model(tmp_path / "ckpt" / "checkpoint.pt")
+    by_name = evaluate(trained.model, tmp_path / "eval", 2, class_names=trained.class_names)
+    by_position = evaluate(trained.model, tmp_path / "eval", 2)
+    assert final["eval_loss"] == by_name["eval_loss"] != by_position["eval_loss"]
+
+
 def test_num_classes_comes_from_classes_json(tmp_path):
     source = write_learnable_folder(tmp_path / "packed", epochs=1, batches=1, seq_len=32)
     (source / "classes.json").write_text(json.dumps(["red", "green", "blue", "yellow", "x"]))
