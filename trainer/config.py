@@ -78,8 +78,9 @@ class TrainConfig:
     )
     eval_resolution: int | None = _option(
         None,
-        "resolution an unpacked --eval-source is packed at (default: the largest square "
-        "image one sequence of the training data holds: patch * floor(sqrt(seq_len)))",
+        "resolution an unpacked --eval-source is packed at (default: navit train, the "
+        "largest square image one sequence of the training data holds, patch * "
+        "floor(sqrt(seq_len)); navit pretrain, the packing config's max_res)",
     )
     eval_every: int = _option(0, "evaluate every N steps (0: at the end only)")
     seed: int = _option(0, "seed of the model init")

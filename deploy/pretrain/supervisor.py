@@ -141,16 +141,18 @@ class Pretrain:
 
     def _pack_eval_source(self, source: str) -> None:
         """A given --eval-source that is not packed yet is packed once, into run_dir/eval,
-        at the packing config's max_res (as the validation split); the trainers score it."""
+        at --eval-resolution (default: the packing config's max_res, the resolution the
+        validation split is packed at); the trainers score it."""
         from deploy.eval_source import is_unpacked, pack_eval_source
 
         self.evaluated = f"images of {source}"
         if not is_unpacked(source):
             return
         config = self.options.packing_config()
+        resolution = self.trainer_config.eval_resolution or config.max_res
         folder = self.run_dir.path / "eval"
-        packed = pack_eval_source(source, folder, config.max_res, config.patch_size, config.seq_len)
-        self.output.say(f"--eval-source {source}: {packed} images packed at {config.max_res} px")
+        packed = pack_eval_source(source, folder, resolution, config.patch_size, config.seq_len)
+        self.output.say(f"--eval-source {source}: {packed} images packed at {resolution} px")
         self.trainer_config = self.trainer_config.replace(eval_source=str(folder))
 
     def _pack_validation(self, index: Any) -> None:

@@ -218,6 +218,24 @@ def test_an_image_folder_as_eval_source_is_packed_once_and_scored(
 
 @pytest.mark.slow
 @pytest.mark.timeout(200)
+def test_an_eval_source_is_packed_at_the_eval_resolution_given(
+    dataset: Path, tmp_path: Path, runs: list[Run]
+) -> None:
+    from packer.sample_data import write_sample_dataset
+
+    write_sample_dataset(tmp_path / "eval-images", 4, seed=12)
+    source = f"--eval-source={tmp_path / 'eval-images'}"
+    run = Run(
+        dataset, tmp_path / "run", "--steps=2", "--val-fraction=0", source, "--eval-resolution=64"
+    )
+    runs.append(run)
+    assert run.wait(150) == 0, run.text()
+    assert "4 images packed at 64 px" in run.text()
+    assert_nothing_left(run)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 def test_a_trainer_that_refuses_its_flags_stops_the_job_at_once_without_restarts(
     dataset: Path, tmp_path: Path, runs: list[Run]
 ) -> None:
