@@ -51,7 +51,6 @@ KNOBS = {
     "NAVIT_MODEL": "tiny",
     "NAVIT_STEPS": str(STEPS),
     "NAVIT_CKPT_EVERY": str(CKPT_EVERY),
-    "NAVIT_NUM_CLASSES": "4",
     "NAVIT_TRAINER_GPUS": "1",
     "NAVIT_STREAMERS": "2",
     "RAY_WORKER_NUM_CPUS": "1",

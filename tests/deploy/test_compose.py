@@ -256,7 +256,6 @@ def stack() -> Iterator[LocalCompose]:
         "NAVIT_MODEL": "tiny",
         "NAVIT_STEPS": "30",
         "NAVIT_CKPT_EVERY": "5",
-        "NAVIT_NUM_CLASSES": "4",
         "NAVIT_TRAINER_GPUS": "1",
         "RAY_WORKER_NUM_CPUS": "1",
     }
