@@ -102,13 +102,21 @@ GroupScanner = Callable[[list[FileGroup], IndexOptions], Iterator[GroupScan]]
 def scan_groups_on_threads(
     groups: list[FileGroup], options: IndexOptions, num_threads: int = 8
 ) -> Iterator[GroupScan]:
-    """scan_group over groups on a thread pool (the I/O overlaps), in order."""
+    """scan_group over groups on a thread pool (the I/O overlaps), in order.
+
+    One notes capture around the whole pool: entered per group inside scan_group, the
+    first group to finish would end it while other threads still read headers, and
+    their warnings would go to stderr instead of their images' notes.
+    """
     if num_threads < 1:
         raise ValueError(f"num_threads must be at least 1, got {num_threads}")
     if num_threads == 1 or len(groups) <= 1:
         yield from (scan_group(group, options) for group in groups)
         return
-    with ThreadPoolExecutor(num_threads, thread_name_prefix="navit-index") as pool:
+    with (
+        capture_notes(),
+        ThreadPoolExecutor(num_threads, thread_name_prefix="navit-index") as pool,
+    ):
         yield from pool.map(lambda group: scan_group(group, options), groups)
 
 

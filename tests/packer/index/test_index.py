@@ -260,3 +260,23 @@ def test_header_rejects_carry_the_readers_message_and_warnings_become_notes(tmp_
     assert stats["skipped"] == {".txt": 1}
     assert stats["notes"] == {"corrupt_metadata": 1, "decompression_bomb_warning": 1}
     assert capfd.readouterr().err == ""
+
+
+def test_every_image_of_a_threaded_scan_gets_its_warning_as_a_note(tmp_path, capfd):
+    import io
+    import tarfile
+
+    from packer.index.image_index import header_notes
+
+    # 16 shards scanned on 8 threads at once; every header warns (a large PNG).
+    header = cases.png_header(10_000, 10_000)
+    for s in range(16):
+        with tarfile.open(tmp_path / f"shard-{s:06d}.tar", "w") as tar:
+            for i in range(5):
+                member = tarfile.TarInfo(f"{i:04d}.png")
+                member.size = len(header)
+                tar.addfile(member, io.BytesIO(header))
+    table = build_index(open_source(str(tmp_path)), num_threads=8)
+    noted = {n.image_id for n in header_notes(table) if n.kind == "decompression_bomb_warning"}
+    assert len(noted) == table.num_rows == 80
+    assert capfd.readouterr().err == ""
