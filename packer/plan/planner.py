@@ -37,7 +37,7 @@ from packer.plan.packing import Bin, BinLimits, Carry, pack_window
 from packer.plan.sampling import plan_images
 from packer.plan.shuffle import EpochOrder
 from packer.plan.snapshot import PendingSequences, PlannerSnapshot, SnapshotLog
-from packer.plan.tail import tail_plan
+from packer.plan.tail import tail_layout
 
 # Bump when the same inputs plan different batches: a service refuses a state dir whose
 # batches an older planner decided (service.job.config_control).
@@ -154,8 +154,9 @@ class EpochPlanner:
             return plan if plan is not None else BatchPlan.empty(self.epoch, j, last)
         if where.start == where.stop:
             return BatchPlan.empty(self.epoch, j, last)
-        zone = [self.plan(i) for i in range(where.zone_start, layout.num_batches)]
-        return tail_plan([p for p in zone if p is not None], where, j)
+        zone = [self.layout(i) for i in range(where.zone_start, layout.num_batches)]
+        share = tail_layout([z for z in zone if z is not None], where, j)
+        return BatchPlan.located(share, self.index)
 
     def _rank_layout(self, world_size: int) -> EpochLayout:
         """The whole epoch's rank layout (plans every remaining window). A tail zone whose
