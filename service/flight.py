@@ -104,7 +104,8 @@ def bearer_call_options(token: str | None) -> flight.FlightCallOptions:
     return flight.FlightCallOptions(headers=headers)
 
 
-ActionHandler = Callable[[bytes], Iterable[bytes]]
+# An extra action: its body -> its results (bytes or pa.Buffer: flight.Result takes both).
+ActionHandler = Callable[[bytes], Iterable[bytes | pa.Buffer]]
 
 
 def _pem(value: str | Path | bytes | None) -> bytes:

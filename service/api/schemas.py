@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from packer.config import PackingConfig
+from service.job.config_control import WARN_LOSS
 
 _INT_MAX = 2**31 - 1  # sizes and counts: far above any sane value, below numpy overflow
 _SEED_MAX = 2**63 - 1
+
+# The warning of ConfigResponse and of StatsResponse (ConfigControl.warning): one text.
+ConfigWarning = Annotated[
+    str | None,
+    Field(
+        description="the current config's change is predicted to lose more than "
+        f"{100 * WARN_LOSS:g} points of packing efficiency"
+    ),
+]
 
 
 def _config_fields(optional: bool) -> dict[str, Any]:
@@ -134,11 +144,7 @@ class ConfigResponse(BaseModel):
     prediction: ConfigPredictionOut | None = Field(
         None, description="a PATCH that changed something: the simulator's figures"
     )
-    warning: str | None = Field(
-        None,
-        description="the current config's change is predicted to lose more than 2 points of "
-        "packing efficiency",
-    )
+    warning: ConfigWarning = None
 
 
 class RatesOut(BaseModel):
@@ -186,7 +192,11 @@ class RankOut(BaseModel):
     next_batch: int = Field(description="this rank's next batch index not yet sent")
     batches_sent: int
     connected: bool
-    in_flight: int = Field(description="fill tasks pending for this rank's open streams")
+    in_flight: int = Field(
+        description="fill tasks pending (started, batch not yet taken) for the stream that "
+        "last moved this rank's cursor, as of that move; 0 before any move and after its last "
+        "open stream closed (until the next move)"
+    )
     lag_epochs: int
     lag_batches: int | None = Field(description="batches behind the furthest rank")
     idle_s: float
@@ -195,7 +205,11 @@ class RankOut(BaseModel):
 class StreamsOut(BaseModel):
     active: int
     max_in_flight: int
-    max_in_flight_seen: int
+    max_in_flight_seen: int = Field(
+        description="without streamers: the most fill tasks any open stream has had "
+        "pending at once since it opened; with streamers: the largest in_flight (ranks) of "
+        "a connected rank, each the value at that rank's last cursor move"
+    )
 
 
 class StreamerOut(BaseModel):
@@ -283,9 +297,7 @@ class StatsResponse(BaseModel):
     skipped_by_extension: dict[str, int] = Field(
         description="files of the dataset that are not dataset files, by extension"
     )
-    config_warning: str | None = Field(
-        None, description="the current config's change is predicted to lose packing efficiency"
-    )
+    config_warning: ConfigWarning = None
     class_warnings: list[str] = Field(description="what is odd about the data set's classes")
     ranks: list[RankOut]
     streams: StreamsOut

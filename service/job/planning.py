@@ -25,9 +25,9 @@ Streamers (service.streamers) plan in processes of their own, with planners of t
 own, so they cannot share this lock; they `reserve` each window here before they plan
 it instead. A reservation moves the same frontier a plan here would, and answers what
 planning that window needs: the config history (final up to the frontier: a change
-starts at the change point, past every reserved window) and the decode failures the
-epoch leaves out. So a PATCH lands at one window for every streamer, and a restarted
-streamer, reserving again, plans every window as before.
+starts at the change point, past every reserved window) and, with window 0, the decode
+failures the epoch leaves out. So a PATCH lands at one window for every streamer, and a
+restarted streamer, reserving again, plans every window as before.
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ class Reservation:
     """What a streamer may plan of `epoch`: every window below `next_window` (the
     epoch's frontier, persisted), with `history` (a copy; final for those windows),
     leaving out `left_out` (the ledger's decode failures for this epoch, fixed once the
-    epoch is reserved). `furthest_epoch` is the furthest epoch any planner reserved."""
+    epoch is reserved; only a reservation of window 0 carries them, the one a streamer
+    plans the epoch from: empty for later windows). `furthest_epoch` is the furthest
+    epoch any planner reserved."""
 
     epoch: int
     next_window: int
@@ -123,10 +125,12 @@ class EpochPlanners:
                 self._state.advance_frontier(epoch, window + 1)
             # A reject found from now on applies from the epoch after this one at least.
             self._planned_epoch = max(self._planned_epoch, epoch)
-            left_out = [
-                Reject(e.image_id, e.reason, e.detail)
-                for e in self.ledger.active(epoch, self.job_start)
-            ]
+            left_out: list[Reject] = []
+            if window == 0:  # a streamer reads them from window 0's reservation only
+                left_out = [
+                    Reject(e.image_id, e.reason, e.detail)
+                    for e in self.ledger.active(epoch, self.job_start)
+                ]
             return Reservation(
                 epoch=epoch,
                 next_window=self._frontier[epoch],

@@ -53,8 +53,10 @@ function drawCards(stats) {
     ["images packed", fmt(stats.packing.images_packed, 0)],
     ["rejected", fmt(stats.packing.images_rejected, 0)],
     ["config version", String(stats.config_version)],
-    // With streamers, the share of the bytes that still leave from this process.
-    ["sent by this process", stats.throughput.run.bytes
+    // Everything this process's Flight server sent (batches with app_metadata, FlightInfo,
+    // schemas, action results: the index to streamers too) against the delivered record
+    // batches' Arrow bytes alone: with streamers a small share; without, it can pass 100%.
+    ["bytes this process sent, against the delivered batches' bytes", stats.throughput.run.bytes
       ? fmt((100 * stats.coordinator_bytes_sent) / stats.throughput.run.bytes, 2) + "%" : "–"],
     ["starved trainers", String(stats.trainers_starved)],
   ];

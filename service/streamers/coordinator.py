@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 
 from packer.contract.cursor import Cursor, TicketError
 from packer.image.reject import Reject
+from service.flight import ActionHandler
 from service.job import ServiceJob
 from service.job.layouts import RenderedLayout
 from service.job.streamer_registry import StreamerRegistry
@@ -28,8 +29,6 @@ from service.live_stats import Delivery
 from service.streamers import wire
 
 log = logging.getLogger("navit.service.streamers")
-
-ActionHandler = Callable[[bytes], Iterable[bytes]]
 
 
 class StreamerCoordinator:
@@ -41,7 +40,7 @@ class StreamerCoordinator:
         self.job = job
         self.registry: StreamerRegistry = job.streamers
         self._key = key
-        self._index_ipc: bytes | None = None
+        self._index_ipc: pa.Buffer | None = None
 
     def actions(self) -> dict[str, ActionHandler]:
         """The Flight actions the coordinator's server takes from streamers."""
@@ -59,21 +58,27 @@ class StreamerCoordinator:
             raise wire.WireError(f"streamer: this job has {self.registry.count}, got {streamer}")
         return values, streamer
 
-    def _index(self, raw: bytes) -> Iterator[bytes]:
+    def _index(self, raw: bytes) -> Iterator[pa.Buffer]:
         self._body(raw)
         if self._index_ipc is None:
-            # The job's rows only (its held-out images left out), every column, as a table.
+            # The job's rows only (its held-out images left out), every column, as a table
+            # of one record batch. Without a holdout that is the whole table, its chunks
+            # joined: the same stream as a take of every row, without the take.
             index = self.job.index
-            table = index.take(index.table.column_names, index.table_rows())
-            table = table.replace_schema_metadata(index.schema.metadata)
+            if index.rows is None:
+                table = index.table.combine_chunks()
+            else:
+                table = index.take(index.table.column_names, index.table_rows())
+                table = table.replace_schema_metadata(index.schema.metadata)
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, table.schema) as writer:
                 writer.write_table(table)
-            self._index_ipc = sink.getvalue().to_pybytes()
+            self._index_ipc = sink.getvalue()
         data = self._index_ipc
+        # Slices of the one buffer (no copies); flight.Result takes a pa.Buffer.
         return (
             data[i : i + wire.INDEX_CHUNK_BYTES]
-            for i in range(0, max(len(data), 1), wire.INDEX_CHUNK_BYTES)
+            for i in range(0, max(data.size, 1), wire.INDEX_CHUNK_BYTES)
         )
 
     def _register(self, raw: bytes) -> Iterator[bytes]:

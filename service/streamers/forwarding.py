@@ -7,11 +7,14 @@ into the job's recorder. A delivered batch is worked out here, where its pixels 
 its `Delivery` (packing and throughput counts) travels, never the batch. Its layout
 (which image spans which tokens, for the dashboard's picture) travels for at most one
 batch each `layout_interval_s`: the dashboard draws a dozen sequences, and drawing
-every batch would cost the coordinator a JSON parse per batch for nothing.
+every batch would cost the coordinator a JSON parse per batch for nothing. An epoch's
+header rejects travel once (every rank stream of the epoch reports the same list, and
+the coordinator counts it once an epoch: LiveStats.add_header_rejected).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pyarrow as pa
@@ -31,11 +34,17 @@ class ForwardedEvents:
         self._reporter = reporter
         self.layout_interval_s = layout_interval_s
         self._last_layout = float("-inf")
+        self._lock = threading.Lock()
+        self._header_posted: set[int] = set()  # epochs whose header rejects were posted
 
     def opened(self, cursor: Cursor) -> None:
         self._post("opened", cursor=cursor.to_dict())
 
     def header_rejected(self, epoch: int, reasons: list[str]) -> None:
+        with self._lock:
+            if epoch in self._header_posted:
+                return
+            self._header_posted.add(epoch)
         self._post("header_rejected", epoch=epoch, reasons=reasons)
 
     def delivered(

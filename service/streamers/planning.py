@@ -33,13 +33,10 @@ from packer.index.reject_ledger import RejectLedger
 from packer.plan.batch_plan import BatchPlan
 from packer.plan.epoch import EpochPlan, plan_epoch
 from packer.plan.history import ConfigHistory, ConfigVersion
-from service.job.planning import Reservation
+from service.job.planning import _PLANNERS_KEPT, Reservation
 from service.streamers.reporter import EventReporter
 
 Reserve = Callable[[int, int], Reservation]
-
-# Planners are cheap to rebuild (deterministic), so only the latest few epochs are kept.
-_PLANNERS_KEPT = 4
 
 
 class ReservedHistory(ConfigHistory):

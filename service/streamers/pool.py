@@ -98,10 +98,6 @@ class StreamerActor:
     def process_id(self) -> int:
         return os.getpid()
 
-    def cpu_seconds(self) -> float:
-        """CPU time of this process (the streamer's planning, Flight and Ray driving)."""
-        return time.process_time()
-
     def stop(self) -> None:
         if self.streamer is not None:
             self.streamer.stop()
@@ -110,9 +106,8 @@ class StreamerActor:
 class StreamerPool:
     """The running streamer actors of one job."""
 
-    def __init__(self, actors: list[Any], names: list[str], registry: StreamerRegistry) -> None:
+    def __init__(self, actors: list[Any], registry: StreamerRegistry) -> None:
         self.actors = actors
-        self.names = names
         self.registry = registry
         self._stop = threading.Event()
         self._watch = threading.Thread(
@@ -148,14 +143,11 @@ class StreamerPool:
             for actor in actors:
                 ray.kill(actor, no_restart=True)
             raise
-        return cls(actors, names, registry)
+        return cls(actors, registry)
 
     def pids(self) -> list[int]:
         """The process id of each streamer (found through Ray: tests kill them)."""
         return ray.get([actor.process_id.remote() for actor in self.actors])
-
-    def cpu_seconds(self) -> list[float]:
-        return ray.get([actor.cpu_seconds.remote() for actor in self.actors])
 
     def stop(self, timeout_s: float) -> None:
         """Stop every streamer (its streams tell trainers to reconnect, its last events

@@ -47,6 +47,10 @@ class EventReporter:
         self._max_queued = max_queued
         self._cond = threading.Condition()
         self._queue: deque[tuple[dict[str, Any] | None, Future | None]] = deque()
+        # Kept with the queue, under the lock: its events (not flush marks), and its
+        # items someone awaits (a call's or a flush's future).
+        self._posted = 0
+        self._awaited = 0
         self._stopping = False
         self.dropped = 0
         self.config_version: int | None = None  # as of the last answer
@@ -91,22 +95,28 @@ class EventReporter:
     def _put(self, event: dict[str, Any] | None, future: Future | None) -> None:
         with self._cond:
             self._queue.append((event, future))
+            self._posted += event is not None
+            self._awaited += future is not None
             self._trim()
             self._cond.notify()
 
     def _trim(self) -> None:
-        """Drop the oldest posted events beyond max_queued (never one a caller awaits)."""
-        excess = sum(event is not None for event, _ in self._queue) - self._max_queued
+        """Drop the oldest posted events beyond max_queued (never one a caller awaits),
+        with the lock held: only the queue's head is touched, the awaited items met
+        there (a few: their callers block) go back in front, in order."""
+        excess = self._posted - self._max_queued
         if excess <= 0:
             return
-        kept: deque[tuple[dict[str, Any] | None, Future | None]] = deque()
-        for item in self._queue:
-            if excess > 0 and item[1] is None:
+        awaited: list[tuple[dict[str, Any] | None, Future | None]] = []
+        while excess > 0 and self._queue:
+            item = self._queue.popleft()
+            if item[1] is None:  # a posted event (every item without a future is one)
                 excess -= 1
+                self._posted -= 1
                 self.dropped += 1
             else:
-                kept.append(item)
-        self._queue = kept
+                awaited.append(item)
+        self._queue.extendleft(reversed(awaited))
 
     def _due(self, since: float) -> float | None:
         """Seconds until the next call is due (0: now; None: stop), with the lock held."""
@@ -115,7 +125,7 @@ class EventReporter:
         waited = time.monotonic() - since
         if not self._queue:
             return self.heartbeat_s - waited  # a heartbeat when due
-        if self._stopping or any(future is not None for _, future in self._queue):
+        if self._stopping or self._awaited:
             return 0.0  # someone waits for an answer
         return self.min_interval_s - waited
 
@@ -130,6 +140,8 @@ class EventReporter:
                     return
                 batch = list(self._queue)
                 self._queue.clear()
+                posted, awaited = self._posted, self._awaited
+                self._posted = self._awaited = 0
             events = [event for event, _ in batch if event is not None]
             try:
                 answer = self._send(events)
@@ -137,6 +149,8 @@ class EventReporter:
                 log.warning("could not send %d events to the coordinator: %s", len(events), error)
                 with self._cond:
                     self._queue.extendleft(reversed(batch))  # first again, in order
+                    self._posted += posted
+                    self._awaited += awaited
                     self._trim()
                     if self._stopping:
                         return

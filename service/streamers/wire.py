@@ -14,7 +14,7 @@ starts them), so a trainer, which holds the token, cannot pose as a streamer:
     navit.streamer.reserve   {"key", "streamer", "epoch", "window"}
         -> a Reservation (service.job.planning): {"epoch", "next_window",
            "furthest_epoch", "history": [ConfigVersion dicts], "left_out": [[id, reason,
-           detail], ...]}
+           detail], ...] (window 0 only; [] for later windows)}
     navit.streamer.events    {"key", "streamer", "events": [event, ...]}
         -> {"config_version", "furthest_epoch", "errors": {"<position>": [field, message]}}
 
@@ -40,21 +40,9 @@ INDEX = "navit.streamer.index"
 REGISTER = "navit.streamer.register"
 RESERVE = "navit.streamer.reserve"
 EVENTS = "navit.streamer.events"
-ACTIONS = (INDEX, REGISTER, RESERVE, EVENTS)
 
 # The index travels in pieces: gRPC messages stay small whatever the data set's size.
 INDEX_CHUNK_BYTES = 1 << 20
-
-EVENT_KINDS = (
-    "opened",
-    "header_rejected",
-    "delivered",
-    "advanced",
-    "closed",
-    "rejects",
-    "report",
-    "check_epoch",
-)
 
 
 class WireError(ValueError):
