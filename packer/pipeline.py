@@ -15,10 +15,10 @@ Two ways in, one fill function (`packer.fill.fill_batch`), both on Ray tasks:
   window), and at most `max_in_flight` batches are being filled or waiting to be read:
   a slow reader stops new work instead of growing a buffer.
 
-Why tasks, not Ray Data, for the pack: a Ray Data run cost the driver about 0.1 s
-before its first task and 10 ms of CPU per task (its streaming executor, block
-metadata, stats actors), which on 2 CPUs held the pack to 0.85-0.94x of a plain
-process pool filling the same plans, whatever the plans per block (bench/RESULTS.md).
+Why tasks, not Ray Data, for the pack: the planner has decided every batch, so Ray
+Data's streaming executor has nothing to schedule and costs the driver and Ray's
+processes per task; on 2 CPUs our tuned Ray Data path reached 0.77-0.88x of a plain
+process pool filling the same plans, plain Ray Data 0.37-0.41x (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -177,8 +177,9 @@ def pack_to_dir(
     """Plan and fill `epochs` epochs into a packed folder on Ray tasks; returns the
     delivered stats. `out_dir` must be visible to every Ray worker (local, or shared).
 
-    The planner decides every batch, so each task fills and writes one BatchPlan and the
-    driver only merges what the tasks report, in the order they end. `on_batch` is
+    The planner decides every batch, so each task fills and writes a few BatchPlans
+    (`_fill_and_write_epoch`) and the driver only merges what the tasks report, in the
+    order they end. `on_batch` is
     called with each written batch's global index and the stats so far (a progress
     display reads them); `concurrency` caps the fill tasks pending at once (default: 2
     per CPU of the cluster, so a CPU that finishes one has the next at hand).
@@ -222,9 +223,10 @@ def _fill_and_write_epoch(
 
     Plans are made lazily, so the first tasks start once the first window is planned. A
     task takes one plan until the first tasks have timed the fill, then as many plans as
-    fill in about `_TASK_SECONDS` (at most `_MAX_PLANS_PER_TASK`): a Ray task costs a few
-    ms of CPU whatever it does, which is 5-10% of a plan of small photos (tens of ms) and
-    nothing next to a plan of camera JPEGs (bench/RESULTS.md). For 3000 photos at 40 ms
+    fill in about `_TASK_SECONDS` (at most `_MAX_PLANS_PER_TASK`): a Ray task costs
+    milliseconds of CPU whatever it does (about 2 ms for a no-op), and one plan of small
+    photos a task held the pack to 0.84-0.89x of a process pool, while next to a plan of
+    camera JPEGs (over 0.5 s) it is nothing (bench/RESULTS.md). For 3000 photos at 40 ms
     a plan: 4 tasks of 1 plan, then tasks of 4-5 plans.
     """
     remote_fill = _remote_fill_plans()

@@ -42,12 +42,10 @@ def synthetic_index(widths: np.ndarray, heights: np.ndarray, num_classes: int = 
     return ImageIndex.from_table(synthetic_table(widths, heights, num_classes))
 
 
-def synthetic_table(
-    widths: np.ndarray, heights: np.ndarray, num_classes: int = 10, first: int = 0
-) -> pa.Table:
-    """The index table of images `first`, `first + 1`, ... of the given sizes."""
+def synthetic_table(widths: np.ndarray, heights: np.ndarray, num_classes: int = 10) -> pa.Table:
+    """The index table of images 0, 1, ... of the given sizes."""
     n = len(widths)
-    ids = [f"synthetic/{i:08d}.jpg" for i in range(first, first + n)]
+    ids = [f"synthetic/{i:08d}.jpg" for i in range(n)]
     return pa.table(
         {
             "image_id": pa.array(ids, pa.string()),
@@ -55,7 +53,7 @@ def synthetic_table(
             "offset": pa.array(np.full(n, -1, np.int64)),
             "length": pa.array(np.full(n, -1, np.int64)),
             "source_row": pa.array(np.full(n, -1, np.int64)),
-            "label": pa.array(np.arange(first, first + n, dtype=np.int64) % num_classes),
+            "label": pa.array(np.arange(n, dtype=np.int64) % num_classes),
             "width": pa.array(np.asarray(widths, np.int32)),
             "height": pa.array(np.asarray(heights, np.int32)),
             "key": pa.array(image_keys(ids), pa.uint64()),

@@ -37,11 +37,6 @@ def schema_class_names(schema: pa.Schema) -> list[str] | None:
     return _names(json.loads(raw), "schema metadata") if raw is not None else None
 
 
-def class_names_metadata(class_names: list[str]) -> dict[bytes, bytes]:
-    """The schema metadata entry that carries `class_names`."""
-    return {CLASS_NAMES_KEY: json.dumps(list(class_names)).encode()}
-
-
 def write_class_names(out_dir: Path, class_names: list[str]) -> None:
     """OUT/classes.json: the class names in label order, e.g. ["ants", "bees"]."""
     write_bytes_atomically(Path(out_dir) / CLASSES_FILE, json.dumps(list(class_names)).encode())

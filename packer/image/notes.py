@@ -110,7 +110,8 @@ def _pillow_loggers() -> list[logging.Logger]:
     """Pillow's loggers ("PIL.TiffImagePlugin", ...): a filter acts only on records of
     the logger it is on, not on its children's, so each gets it. Every plugin is
     imported first (Image.init), so its logger exists; the list is looked up again
-    only when the number of loggers changed (the fill enters capture_notes per image)."""
+    only when the number of loggers changed (capture_notes is entered per batch and per
+    index group, so this stays off the per-image path)."""
     global _loggers_seen
     Image.init()
     registry = logging.root.manager.loggerDict

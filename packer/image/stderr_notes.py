@@ -57,10 +57,6 @@ class _Spool:
     # between reads, e.g. by Ray or pytest); never closed, so `passthrough` stays valid
     passthrough: TextIO  # sys.stderr during a read: writes to real_fd
 
-    def __post_init__(self) -> None:
-        if self.spool_fd < 0 or self.real_fd < 0:
-            raise ValueError(f"bad descriptors {self.spool_fd}, {self.real_fd}")
-
 
 _spool: _Spool | None = None
 

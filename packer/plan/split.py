@@ -52,7 +52,8 @@ def split_index(index: ImageIndex, val_fraction: float, seed: int) -> tuple[Imag
 
     Both are views sharing the index's resident columns and metadata (source, class
     names, cache path), so either part plans, packs and finds its reject ledger as the
-    whole index would. Drawn a million keys at a time: no image-sized temporaries.
+    whole index would. The key hashes are drawn a million keys at a time; the mask and
+    the row lists it gives are image-sized (about 10 bytes an image).
     """
     check_fraction(val_fraction)
     keys = index.columns.key if index.rows is None else index.columns.key[index.rows]
