@@ -40,7 +40,7 @@ COMMANDS: dict[str, Subcommand] = {
     ),
     "pack": Subcommand(
         "deploy.cli.data",
-        "pack a dataset into Arrow IPC files with Ray Data",
+        "pack a dataset into Arrow IPC files on Ray",
         "add_pack_arguments",
         "run_pack",
     ),
