@@ -29,7 +29,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from packer.config import PackingConfig
-from packer.contract.rank_layout import EpochLayout, epoch_layout, global_batch_index
+from packer.contract.rank_layout import (
+    EpochLayout,
+    epoch_layout,
+    global_batch_index,
+    round_is_plain,
+)
 from packer.index.image_index import ImageIndex
 from packer.plan.batch_plan import BatchLayout, BatchPlan
 from packer.plan.history import ConfigHistory, ConfigVersion
@@ -136,9 +141,10 @@ class EpochPlanner:
         """
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
-        # Round k is plain striding once round k + 1 is complete (the tail zone is at most
-        # the last two rounds of an epoch that does not end on a full round).
-        if self.layout((k + 2) * world_size - 1) is not None:
+        last_of_next_round = (k + 2) * world_size - 1
+        if last_of_next_round >= self._num_batches:
+            self.layout(last_of_next_round)  # plans up to it, or to the epoch's end
+        if round_is_plain(self._num_batches, world_size, k):
             return self.plan(global_batch_index(rank, world_size, k))
         layout = self._rank_layout(world_size)
         where = layout.batch_of(rank, k)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -138,20 +138,13 @@ class PackingStats:
         self.tokens_per_image.update(_token_buckets(lengths[lengths > 0]))
 
     def merge(self, other: PackingStats) -> None:
-        self.images_in += other.images_in
-        self.images_packed += other.images_packed
-        self.rejected.update(other.rejected)
-        self.batches += other.batches
-        self.sequences += other.sequences
-        self.filler_sequences += other.filler_sequences
-        self.filler_tokens += other.filler_tokens
-        self.real_tokens += other.real_tokens
-        self.pad_tokens += other.pad_tokens
-        self.images_per_sequence.update(other.images_per_sequence)
-        self.tokens_per_image.update(other.tokens_per_image)
-        self.notes.update(other.notes)
-        self.skipped_by_extension.update(other.skipped_by_extension)
-        self.elapsed_s += other.elapsed_s
+        """Add `other`'s counts to these, field by field (Counters by key)."""
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, Counter):
+                mine.update(theirs)
+            else:
+                setattr(self, f.name, mine + theirs)
 
     def to_dict(self) -> dict[str, Any]:
         ips = self.images_per_sequence
