@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from packer.config import ResolutionMode, fixed_resolution_config
-from packer.contract.classes import label_mapping, remap_labels
+from packer.contract.classes import label_mapping
 from packer.contract.cursor import Cursor
 from packer.contract.schema import PackedBatch
 from packer.fill.in_process import pack_in_process
@@ -79,13 +79,20 @@ def sweep_dataset(
     batch_size: int = 8,
     seq_len: int | None = None,
     device: torch.device | None = None,
+    class_names: list[str] | None = None,
 ) -> list[SweepRow]:
     """Pack `index`'s images at each resolution and score the model on them, one row each.
 
     The model's patch size is the packing's; `seq_len` defaults to enough for the largest
     image (packer.config.fixed_resolution_config). The same model and index give the same scores and
-    tokens on every call (seeded planning, eval mode); only the rates vary.
+    tokens on every call (seeded planning, eval mode); only the rates vary. Each packed
+    batch's labels are mapped by name onto `class_names` (the model's;
+    trainer.evaluate.labels_by_name): a val folder holding only bees/ gets label 1 for a
+    model of ["ants", "bees"]; unchanged when either side names no classes.
     """
+    data_classes = index_class_names(index) or None
+    if data_classes is not None and class_names is not None:
+        label_mapping(data_classes, class_names)  # UnknownClasses before anything is packed
     patch_size = model.config.patch_size
     configs = [
         fixed_resolution_config(r, patch_size, res_mode, seq_len, batch_size) for r in resolutions
@@ -99,7 +106,8 @@ def sweep_dataset(
                 rejected.append(len(filled.rejected))
                 yield filled.packed
 
-        result = evaluate_batches(model, batches(), device)
+        labelled = labels_by_name(batches(), data_classes, class_names)
+        result = evaluate_batches(model, labelled, device)
         rows.append(SweepRow(resolution, result, sum(rejected)))
     return rows
 
@@ -124,18 +132,6 @@ def evaluate_packed(
     finally:
         stream.close()
     return SweepRow(None, result)
-
-
-def index_by_class_name(index: ImageIndex, class_names: list[str] | None) -> ImageIndex:
-    """`index` with its labels mapped by name onto `class_names` (the model's): a val
-    folder holding only bees/ gets label 1 for a model of ["ants", "bees"]. Unchanged when
-    either side names no classes; UnknownClasses for a class the model does not know."""
-    data_classes = index_class_names(index)
-    if not data_classes or class_names is None or data_classes == class_names:
-        return index
-    mapping = label_mapping(data_classes, class_names)
-    labels = index.table.column("label").to_numpy()  # every table row: a view keeps its rows
-    return index.with_labels(remap_labels(labels, mapping))
 
 
 def format_table(rows: Sequence[SweepRow]) -> str:

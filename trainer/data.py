@@ -50,7 +50,7 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ from packer.contract.auth import bearer_headers
 from packer.contract.classes import read_class_names, schema_class_names
 from packer.contract.cursor import BatchMetadata, Cursor
 from packer.contract.packed_folder import batch_files, epoch_folders, read_batch_file
-from packer.contract.rank_layout import epoch_layout
+from packer.contract.rank_layout import TailShare, epoch_layout
 from packer.contract.schema import PackedBatch, from_record_batch, sequences_of
 from trainer.model import MODEL_INPUTS
 
@@ -95,20 +95,21 @@ def source_schema(
     server that does not answer get_schema."""
     if not is_flight_source(source):
         folder = PackedFolder(Path(source))
-        return read_batch_file(folder.batch_files(0)[0]).schema
+        return _file_schema(folder.batch_files(0)[0])
     from pyarrow import flight
 
     client = flight.FlightClient(str(source))
     try:
         descriptor = flight.FlightDescriptor.for_command(cursor.to_ticket())
-        return client.get_schema(descriptor, _call_options(token)).schema
+        return client.get_schema(descriptor, call_options(token)).schema
     except pa.ArrowNotImplementedError:
         return None  # a Flight server that is not navit's
     finally:
         client.close()
 
 
-def _call_options(token: str | None) -> Any:
+def call_options(token: str | None) -> Any:
+    """Flight call options carrying the bearer token (none: no header)."""
     from pyarrow import flight
 
     headers = [(k.encode(), v.encode()) for k, v in bearer_headers(token).items()]
@@ -171,9 +172,8 @@ class PackedFolder:
             files = self.batch_files(cursor.epoch)
             if not files:
                 raise ValueError(f"{self.root}: epoch {cursor.epoch} has no batch files")
-            layout = epoch_layout(
-                len(files), cursor.world_size, lambda j, files=files: _num_rows(files[j])
-            )
+            sequences_in = _row_counts(files)
+            layout = epoch_layout(len(files), cursor.world_size, sequences_in)
             for k in range(cursor.next_batch, layout.batches_per_rank):
                 where = layout.batch_of(cursor.rank, k)
                 if isinstance(where, int):
@@ -181,8 +181,7 @@ class PackedFolder:
                 elif where.start == where.stop:
                     batch = self.empty_batch(files)
                 else:  # a share of the epoch's tail (packer.contract.rank_layout)
-                    zone = [read_arrow_file(f) for f in files[where.zone_start :]]
-                    batch = sequences_of(zone, where.start, where.stop)
+                    batch = _tail_share(files, where, sequences_in)
                 cursor = cursor.advanced()
                 yield cursor, batch
             cursor = cursor.next_epoch()
@@ -192,6 +191,45 @@ def _num_rows(path: Path) -> int:
     """Sequences in a batch file, from its footer (memory-mapped: no batch is read)."""
     with pa.memory_map(str(path)) as source:
         return pa.ipc.open_file(source).get_batch(0).num_rows
+
+
+def _row_counts(files: list[Path]) -> Callable[[int], int]:
+    """`sequences_in(j)`: the sequences of files[j], from its footer, read once."""
+    rows: dict[int, int] = {}
+
+    def sequences_in(j: int) -> int:
+        if j not in rows:
+            rows[j] = _num_rows(files[j])
+        return rows[j]
+
+    return sequences_in
+
+
+def _file_schema(path: Path) -> pa.Schema:
+    """The schema of a batch file, metadata included (memory-mapped: no batch is read)."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).schema
+
+
+def _tail_share(
+    files: list[Path], share: TailShare, sequences_in: Callable[[int], int]
+) -> PackedBatch:
+    """Sequences [share.start, share.stop) of the tail zone (global batches
+    share.zone_start on), reading only the zone's files that hold some of them."""
+    zone: list[PackedBatch] = []
+    offset = first = 0  # offset: zone sequences before the first file read
+    for j in range(share.zone_start, len(files)):
+        if first >= share.stop:
+            break
+        n = sequences_in(j)
+        if first + n > share.start:
+            if not zone:
+                offset = first
+            zone.append(read_arrow_file(files[j]))
+        first += n
+    if not zone:
+        raise ValueError(f"no sequences in [{share.start}, {share.stop}) of {first}")
+    return sequences_of(zone, share.start - offset, share.stop - offset)
 
 
 # ---------------------------------------------------------------------------------------
@@ -219,7 +257,7 @@ class FlightRoute:
 
     def __init__(self, source: str, token: str | None) -> None:
         self.source = source
-        self._options = _call_options(token)
+        self._options = call_options(token)
         self._clients: dict[str, Any] = {}
 
     def client(self, location: str) -> Any:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from packer.contract.auth import bearer_headers
 from packer.contract.report import REPORT_ACTION, StepReport
 
 REPORT_INTERVAL_S = 1.0
@@ -49,14 +48,15 @@ class StepReporter:
         world_size: int,
         interval_s: float = REPORT_INTERVAL_S,
     ) -> None:
-        from trainer.data import is_flight_source
+        from trainer.data import call_options, is_flight_source
 
         self.rank, self.world_size, self.interval_s = rank, world_size, interval_s
         self.enabled = is_flight_source(source)
-        self._source, self._token = source, token
+        self._source = source
+        # The bearer headers of every report (a packed folder has no service: none).
+        self._options: Any = call_options(token) if self.enabled else None
         self._client: Any = None
         self._last = float("-inf")
-        self.sent = 0
 
     def report(self, record: dict[str, Any]) -> None:
         """Send the report of this step record, unless one left less than a second ago."""
@@ -71,13 +71,11 @@ class StepReporter:
             body = report_of(record, self.rank, self.world_size).to_bytes()
         except ValueError:
             return  # a NaN loss or the like: nothing worth showing
-        headers = [(k.encode(), v.encode()) for k, v in bearer_headers(self._token).items()]
         try:
             if self._client is None:
                 self._client = flight.FlightClient(self._source)
             action = flight.Action(REPORT_ACTION, body)
-            list(self._client.do_action(action, flight.FlightCallOptions(headers=headers)))
-            self.sent += 1
+            list(self._client.do_action(action, self._options))
         except (flight.FlightServerError, pa.ArrowNotImplementedError) as error:
             if isinstance(error, pa.ArrowNotImplementedError) or "not supported" in str(error):
                 self.enabled = False  # a server that takes no reports: stop asking

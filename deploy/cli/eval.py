@@ -127,7 +127,7 @@ def _score(
 ) -> tuple[list, str]:
     """(rows, what was scored) for a packed source or a data set, the data's labels mapped
     by class name onto the checkpoint's `class_names`."""
-    from deploy.resolution_sweep import evaluate_packed, index_by_class_name, sweep_dataset
+    from deploy.resolution_sweep import evaluate_packed, sweep_dataset
     from trainer.data import PackedFolder, is_flight_source
 
     source = str(args.source)
@@ -160,8 +160,14 @@ def _score(
         )
     if index.num_rows == 0:
         raise ValueError(f"{source}: no images to evaluate ({described})")
-    index = index_by_class_name(index, class_names)
     rows = sweep_dataset(
-        model, index, resolutions, args.res_mode, args.batch_size, args.seq_len, device
+        model,
+        index,
+        resolutions,
+        args.res_mode,
+        args.batch_size,
+        args.seq_len,
+        device,
+        class_names=class_names,
     )
     return rows, described

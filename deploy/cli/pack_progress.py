@@ -32,13 +32,12 @@ from typing import Any, Protocol, TextIO
 
 from tqdm import tqdm
 
-from trainer.progress import is_terminal
+from trainer.progress import PLAIN_LINE_INTERVAL_S, is_terminal
 
 _BAR_FORMAT = (
     "{desc}: {n_fmt}/{total_fmt} images {percentage:3.0f}%|{bar:10}| "
     "{rate_fmt}{postfix}, ETA {remaining}"
 )
-PLAIN_LINE_INTERVAL_S = 10.0
 
 
 class StatsSoFar(Protocol):

@@ -6,7 +6,7 @@ service's /stats samples, and one progress line: a tqdm bar on a terminal,
 else (`--no-progress`, or stderr is a log file or a pipe, where a bar's carriage
 returns would pile up) a plain line every 10 s and one at the end:
 
-    step 120/300 | loss 1.214 | acc 0.52 | val acc 0.48 | 310 img/s | packing 96.4%
+    step 120/300 | loss 1.214 | acc 0.52 | val acc 0.48 | 310 img/s | packing 96.4% | delivered 96.1%
 
 ("val acc": the latest validation pass over the held-out images, trainer/evaluate.py.)
 """
@@ -20,9 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from trainer.progress import is_terminal
+from trainer.progress import PLAIN_LINE_INTERVAL_S, is_terminal
 
-PLAIN_LINE_INTERVAL_S = 10.0
 RECENT_STEPS = 20  # loss and accuracy on the line: the mean of the last 20 steps
 
 

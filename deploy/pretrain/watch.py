@@ -4,11 +4,18 @@ once a second, and the progress line.
 
 from __future__ import annotations
 
+import heapq
 import time
 from typing import Any
 
 from deploy.pretrain.control_plane import ControlPlane
-from deploy.pretrain.progress import MetricsTail, ProgressLine, run_status, stats_sample
+from deploy.pretrain.progress import (
+    RECENT_STEPS,
+    MetricsTail,
+    ProgressLine,
+    run_status,
+    stats_sample,
+)
 from deploy.pretrain.run_dir import RunDir
 
 STATS_INTERVAL_S = 1.0
@@ -36,8 +43,14 @@ class RunWatch:
             self.sample_stats()
         self.output.show(self.status())
 
-    def status(self) -> str:
-        return run_status(self.metrics.in_order(), self.last_stats, self.metrics.evals_in_order())
+    def status(self) -> dict[str, Any]:
+        """`run_status` of the metrics so far, given only what it reads: the last
+        RECENT_STEPS step records in step order and the latest validation record (no sort
+        or list of every record on each poll)."""
+        records, evals = self.metrics.records, self.metrics.evals
+        recent = [records[step] for step in sorted(heapq.nlargest(RECENT_STEPS, records))]
+        latest_eval = [evals[max(evals)]] if evals else []
+        return run_status(recent, self.last_stats, latest_eval)
 
     def sample_stats(self) -> None:
         """One /stats sample (kept, and a line of stats.jsonl); none while it fails."""
