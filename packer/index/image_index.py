@@ -47,23 +47,30 @@ class PlannerColumns:
 
     @classmethod
     def of_batches(cls, batches: Iterable[pa.RecordBatch], num_rows: int) -> PlannerColumns:
-        """Filled batch by batch, so a 100M-row table never sits in memory whole."""
-        width = np.zeros(num_rows, np.uint32)
-        height = np.zeros(num_rows, np.uint32)
+        """Filled batch by batch, so a 100M-row table never sits in memory whole; sides
+        are uint16 (13 bytes a row at the peak too) until a batch holds one of 65536 px
+        or more, when both become uint32."""
+        width = np.zeros(num_rows, np.uint16)
+        height = np.zeros(num_rows, np.uint16)
         key = np.zeros(num_rows, np.uint64)
         error = np.zeros(num_rows, np.uint8)
         start = 0
         for batch in batches:
             stop = start + batch.num_rows
-            width[start:stop] = batch.column("width").to_numpy(zero_copy_only=False)
-            height[start:stop] = batch.column("height").to_numpy(zero_copy_only=False)
+            w = batch.column("width").to_numpy(zero_copy_only=False)
+            h = batch.column("height").to_numpy(zero_copy_only=False)
+            if (
+                width.dtype == np.uint16
+                and len(w)
+                and max(int(w.max()), int(h.max())) >= _U16_LIMIT
+            ):
+                width, height = width.astype(np.uint32), height.astype(np.uint32)
+            width[start:stop], height[start:stop] = w, h
             key[start:stop] = batch.column("key").to_numpy(zero_copy_only=False)
             error[start:stop] = _error_codes(batch.column("error"))
             start = stop
         if start != num_rows:
             raise ValueError(f"expected {num_rows} index rows, read {start}")
-        if num_rows == 0 or max(int(width.max()), int(height.max())) < _U16_LIMIT:
-            width, height = width.astype(np.uint16), height.astype(np.uint16)
         return cls(width, height, key, error)
 
     @property
@@ -147,14 +154,6 @@ class ImageIndex:
 
     def with_metadata(self, metadata: dict[bytes, bytes]) -> ImageIndex:
         table = self.table.replace_schema_metadata(metadata)
-        return ImageIndex(table, self.columns, self.rows, self.marks)
-
-    def with_labels(self, labels: np.ndarray) -> ImageIndex:
-        """This index with every table row's label replaced (one per table row, int64):
-        what a small evaluation set mapped onto a model's classes needs. The new column
-        is held in memory, 8 bytes a table row."""
-        position = self.table.schema.get_field_index("label")
-        table = self.table.set_column(position, "label", pa.array(labels, pa.int64()))
         return ImageIndex(table, self.columns, self.rows, self.marks)
 
     def table_rows(self, positions: np.ndarray | None = None) -> np.ndarray:
