@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import time
 
-import pyarrow as pa
-
 from packer.contract.cursor import BatchMetadata, Cursor
-from packer.contract.schema import from_record_batch
-from packer.plan.batch_plan import BatchPlan
+from packer.contract.schema import PackedBatch
 from service.job.layouts import Layout, RecentLayouts, SentLayout
 from service.job.rank_cursors import RankCursors
 from service.live_stats import Delivery, LiveStats
@@ -38,18 +35,9 @@ class JobRecorder:
     def header_rejected(self, epoch: int, reasons: list[str]) -> None:
         self.stats.add_header_rejected(epoch, reasons)
 
-    def delivered(
-        self,
-        metadata: BatchMetadata,
-        plan: BatchPlan,
-        record_batch: pa.RecordBatch,
-        rejected: list[str],
-        notes: list[str],
-    ) -> None:
+    def delivered(self, metadata: BatchMetadata, packed: PackedBatch, delivery: Delivery) -> None:
         """A filled batch is handed to the transport (counted once it is, even if the
         trainer drops before reading it: a replay counts its throughput again)."""
-        packed = from_record_batch(record_batch)
-        delivery = Delivery.of(plan, packed, rejected, record_batch.nbytes, notes)
         layout = SentLayout.of(metadata, packed) if packed.num_images else None
         self.record_delivery(delivery, layout)
 

@@ -32,12 +32,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-import pyarrow as pa
-
 from packer.contract.cursor import BatchMetadata, Cursor, TicketError
+from packer.contract.schema import PackedBatch, from_record_batch
 from packer.image.reject import Reject
 from packer.plan.batch_plan import BatchPlan
 from service.batch_source import OutgoingBatch, ServiceStopping
+from service.live_stats import Delivery
 
 if TYPE_CHECKING:
     from packer.pipeline import EncodedBatch
@@ -88,14 +88,9 @@ class StreamEvents(Protocol):
 
     def header_rejected(self, epoch: int, reasons: list[str]) -> None: ...
 
-    def delivered(
-        self,
-        metadata: BatchMetadata,
-        plan: BatchPlan,
-        record_batch: pa.RecordBatch,
-        rejected: list[str],
-        notes: list[str],
-    ) -> None: ...
+    def delivered(self, metadata: BatchMetadata, packed: PackedBatch, delivery: Delivery) -> None:
+        """A filled batch is handed to the transport: the batch as numpy arrays, and what
+        it counts (live_stats.Delivery)."""
 
     def advanced(self, cursor: Cursor, in_flight: int) -> None: ...
 
@@ -194,7 +189,9 @@ class RankStreams:
                 self._planners.record_rejects(filled.rejected)
                 rejected = [r.reason for r in filled.rejected]
                 notes = [note.kind for note in filled.notes]
-                self._events.delivered(metadata, plan, record_batch, rejected, notes)
+                packed = from_record_batch(record_batch)
+                delivery = Delivery.of(plan, packed, rejected, record_batch.nbytes, notes)
+                self._events.delivered(metadata, packed, delivery)
                 yield OutgoingBatch(record_batch, metadata)
                 # The transport asked for the next batch: this one has left.
                 status.sent += 1

@@ -17,11 +17,8 @@ from __future__ import annotations
 import threading
 import time
 
-import pyarrow as pa
-
 from packer.contract.cursor import BatchMetadata, Cursor
-from packer.contract.schema import from_record_batch
-from packer.plan.batch_plan import BatchPlan
+from packer.contract.schema import PackedBatch
 from service.job.layouts import SentLayout
 from service.live_stats import Delivery
 from service.streamers.reporter import EventReporter
@@ -47,16 +44,7 @@ class ForwardedEvents:
             self._header_posted.add(epoch)
         self._post("header_rejected", epoch=epoch, reasons=reasons)
 
-    def delivered(
-        self,
-        metadata: BatchMetadata,
-        plan: BatchPlan,
-        record_batch: pa.RecordBatch,
-        rejected: list[str],
-        notes: list[str],
-    ) -> None:
-        packed = from_record_batch(record_batch)
-        delivery = Delivery.of(plan, packed, rejected, record_batch.nbytes, notes)
+    def delivered(self, metadata: BatchMetadata, packed: PackedBatch, delivery: Delivery) -> None:
         layout = None
         now = time.monotonic()
         if packed.num_images and now - self._last_layout >= self.layout_interval_s:
