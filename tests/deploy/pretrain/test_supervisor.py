@@ -199,38 +199,23 @@ def test_a_service_that_dies_before_ready_fails_the_run_with_its_log(
 
 @pytest.mark.slow
 @pytest.mark.timeout(200)
+@pytest.mark.parametrize(
+    ("flags", "resolution"), [((), 128), (("--eval-resolution=64",), 64)], ids=["max_res", "given"]
+)
 def test_an_image_folder_as_eval_source_is_packed_once_and_scored(
-    dataset: Path, tmp_path: Path, runs: list[Run]
+    dataset: Path, tmp_path: Path, runs: list[Run], flags: tuple[str, ...], resolution: int
 ) -> None:
     from packer.sample_data import write_sample_dataset
 
     write_sample_dataset(tmp_path / "eval-images", 6, seed=11)
     source = f"--eval-source={tmp_path / 'eval-images'}"
-    run = Run(dataset, tmp_path / "run", "--steps=3", "--val-fraction=0", source)
+    run = Run(dataset, tmp_path / "run", "--steps=3", "--val-fraction=0", source, *flags)
     runs.append(run)
     assert run.wait(150) == 0, run.text()
     evals = [m for m in run.metrics() if m.get("eval")]
     assert evals and evals[-1]["eval_images"] == 6
-    assert "6 images packed at 128 px" in run.text()
+    assert f"6 images packed at {resolution} px" in run.text()
     assert not run.events("restart")
-    assert_nothing_left(run)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(200)
-def test_an_eval_source_is_packed_at_the_eval_resolution_given(
-    dataset: Path, tmp_path: Path, runs: list[Run]
-) -> None:
-    from packer.sample_data import write_sample_dataset
-
-    write_sample_dataset(tmp_path / "eval-images", 4, seed=12)
-    source = f"--eval-source={tmp_path / 'eval-images'}"
-    run = Run(
-        dataset, tmp_path / "run", "--steps=2", "--val-fraction=0", source, "--eval-resolution=64"
-    )
-    runs.append(run)
-    assert run.wait(150) == 0, run.text()
-    assert "4 images packed at 64 px" in run.text()
     assert_nothing_left(run)
 
 
