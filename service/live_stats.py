@@ -42,6 +42,15 @@ class _Bucket:
     filler_tokens: int = 0  # of sequences that hold none
     bytes: int = 0
 
+    def add(self, counts: _Bucket | Delivery, batches: int) -> None:
+        """Add `batches` and the counts of a bucket or a delivery (same names)."""
+        self.batches += batches
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(counts, name))
+
+
+_COUNTS = ("sequences", "images", "real_tokens", "pad_tokens", "filler_tokens", "bytes")
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -197,13 +206,7 @@ class LiveStats:
             if not self._buckets or self._buckets[-1].start < start:
                 self._buckets.append(_Bucket(start=start))
             for bucket in (self._buckets[-1], self._delivered):
-                bucket.batches += 1
-                bucket.sequences += delivery.sequences
-                bucket.images += delivery.images
-                bucket.real_tokens += delivery.real_tokens
-                bucket.pad_tokens += delivery.pad_tokens
-                bucket.filler_tokens += delivery.filler_tokens
-                bucket.bytes += delivery.bytes
+                bucket.add(delivery, 1)
 
     def packing(self) -> dict:
         with self._lock:
@@ -225,13 +228,7 @@ class LiveStats:
         window = min(window_s, run_s) if first is not None else 0.0
         last = _Bucket(start=0.0)
         for b in recent:
-            last.batches += b.batches
-            last.sequences += b.sequences
-            last.images += b.images
-            last.real_tokens += b.real_tokens
-            last.pad_tokens += b.pad_tokens
-            last.filler_tokens += b.filler_tokens
-            last.bytes += b.bytes
+            last.add(b, b.batches)
         return {
             "run": _rates(total, run_s),
             "last_minute": _rates(last, window),
